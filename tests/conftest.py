@@ -1,0 +1,43 @@
+"""Session-wide real control plane, a fresh namespace per test, CRDs installed."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client, config
+
+from substrate import kube
+from substrate.controlplane import ControlPlane
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    bin_dir = os.environ.get("TUNERAG_CONTROLPLANE_BIN")
+    cp = ControlPlane(tmp_path_factory.mktemp("controlplane"), bin_dir=Path(bin_dir) if bin_dir else None)
+    cp.start()
+    try:
+        api = config.new_client_from_config(str(cp.kubeconfig))
+        kube.install_crds(api, kube.crd_documents())
+        yield cp
+    finally:
+        cp.stop()
+
+
+@pytest.fixture(scope="session")
+def api(control_plane: ControlPlane) -> client.ApiClient:
+    """An admin ApiClient for the local control plane."""
+    return config.new_client_from_config(str(control_plane.kubeconfig))
+
+
+@pytest.fixture
+def namespace(api: client.ApiClient, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace for one test."""
+    name = f"t-{request.node.name[:40].lower().replace('_', '-').strip('-')}-{uuid.uuid4().hex[:5]}"
+    name = "".join(c for c in name if c.isalnum() or c == "-")
+    kube.create_namespace(api, name)
+    yield name
+    kube.delete_namespace(api, name)
