@@ -41,3 +41,4 @@ def namespace(api: client.ApiClient, request: pytest.FixtureRequest) -> Iterator
     kube.create_namespace(api, name)
     yield name
     kube.delete_namespace(api, name)
+pytest_plugins = ["substrate.fixtures"]
