@@ -4,7 +4,7 @@
     python -m tunerag_operator.api.crdgen --check    # exit 1 when the committed YAML has drifted
 
 Pydantic's JSON Schema is turned into a Kubernetes *structural* schema: references inlined,
-`Optional[X]` collapsed to X, single-value literals made enums, defaults of nested objects
+`Optional[X]` collapsed to X, single-value literals made enums, exclusive bounds in OpenAPI 3.0 form, defaults of nested objects
 materialised (so the API server defaults nested fields too), titles and `additionalProperties:
 false` dropped (unknown fields are pruned by the API server instead).
 """
@@ -64,6 +64,9 @@ def _structural(node: Any, defs: JSON) -> Any:
             return _structural(node, defs)
     if "const" in node:
         node["enum"] = [node.pop("const")]
+    for bound, exclusive in (("minimum", "exclusiveMinimum"), ("maximum", "exclusiveMaximum")):
+        if isinstance(node.get(exclusive), int | float) and not isinstance(node[exclusive], bool):
+            node[bound], node[exclusive] = node[exclusive], True  # JSON Schema 2020-12 -> OpenAPI 3.0
     node.pop("title", None)
     if node.get("additionalProperties") is False:
         del node["additionalProperties"]

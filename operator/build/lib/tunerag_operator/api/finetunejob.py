@@ -1,0 +1,175 @@
+"""FineTuneJob: a LoRA / QLoRA training pipeline run as a batch Job."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import ConfigDict, Field
+
+from tunerag_operator.api.common import DNS_LABEL, ApiModel, PodResources, StatusBase, Uri
+
+
+class BaseModelRef(ApiModel):
+    """The pretrained model the adapter is trained on."""
+
+    uri: Uri
+    revision: str | None = Field(default=None, max_length=128, description="Revision (branch, tag or commit) of the base model.")
+
+
+class AdapterTarget(ApiModel):
+    """Where the result is registered."""
+
+    family: str = Field(pattern=DNS_LABEL, max_length=48, description="Adapter family the result is registered under as the next AdapterVersion.")
+
+
+class FieldMapping(ApiModel):
+    """Which dataset fields hold the example; either prompt/completion or chat messages."""
+
+    prompt: str = Field(default="prompt", max_length=128, description="Field with the prompt text.")
+    completion: str = Field(default="completion", max_length=128, description="Field with the completion text the model learns to produce.")
+    messages: str | None = Field(default=None, max_length=128, description="Field with a list of chat messages; when set, the tokenizer's chat template is applied and prompt/completion are ignored.")
+
+
+class DatasetSource(ApiModel):
+    """One dataset file or prefix."""
+
+    uri: Uri
+    format: Literal["jsonl", "csv", "parquet"] = Field(default="jsonl", description="File format.")
+    fields: FieldMapping = Field(default_factory=FieldMapping, description="Field mapping.")
+
+
+class ValidationRules(ApiModel):
+    """Data validation rules applied before training."""
+
+    min_rows: int = Field(default=8, ge=1, description="Fewest rows that must remain after cleaning; fewer fails the job.")
+    max_tokens: int = Field(default=1024, ge=8, le=131072, description="Rows longer than this many tokens are dropped and counted.")
+    drop_empty: bool = Field(default=True, description="Drop rows whose prompt or completion is empty.")
+    dedupe: bool = Field(default=True, description="Drop exact duplicate rows.")
+
+
+class Dataset(ApiModel):
+    """Training, validation and retention data."""
+
+    train: DatasetSource = Field(description="Training data.")
+    validation: DatasetSource | None = Field(default=None, description="Validation data; when absent, validationSplit of train is held out.")
+    validation_split: float = Field(default=0.1, ge=0.0, le=0.5, description="Share of train held out for validation when no validation set is given.")
+    retention: DatasetSource | None = Field(default=None, description="General-capability reference data for the forgetting check.")
+    rules: ValidationRules = Field(default_factory=ValidationRules, description="Validation rules.")
+
+
+class LoraSettings(ApiModel):
+    """LoRA hyper-parameters."""
+
+    r: int = Field(default=16, ge=1, le=512, description="Rank of the update matrices.")
+    alpha: int = Field(default=32, ge=1, le=4096, description="Scaling numerator (scale = alpha / r).")
+    dropout: float = Field(default=0.05, ge=0.0, le=0.9, description="Dropout on the LoRA input.")
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"], min_length=1, max_length=64, description="Module names to adapt; an unknown name fails the run with the list of valid names.")
+
+
+class QuantizationSettings(ApiModel):
+    """4-bit loading of the base model for QLoRA (bitsandbytes)."""
+
+    bits: Literal[4] = Field(default=4, description="Bits per weight of the frozen base (QLoRA uses 4).")
+    quant_type: Literal["nf4", "fp4"] = Field(default="nf4", description="4-bit data type.")
+    double_quant: bool = Field(default=True, description="Quantize the quantization constants too.")
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = Field(default="bfloat16", description="dtype of the matmuls.")
+
+
+class Method(ApiModel):
+    """The fine-tuning method."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        {"rule": "self.type != 'qlora' || has(self.quantization)",
+         "message": "qlora requires quantization (4-bit settings)", "fieldPath": ".quantization"},
+        {"rule": "self.type == 'qlora' || !has(self.quantization)",
+         "message": "quantization applies only to type qlora", "fieldPath": ".quantization"},
+    ]})
+
+    type: Literal["lora", "qlora"] = Field(default="lora", description="lora, or qlora (4-bit base).")
+    lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA hyper-parameters.")
+    quantization: QuantizationSettings | None = Field(default=None, description="4-bit settings; required for qlora.")
+
+
+class Training(ApiModel):
+    """Optimisation settings."""
+
+    epochs: float | None = Field(default=None, gt=0, le=100, description="Passes over the training data; ignored when maxSteps is set.")
+    max_steps: int | None = Field(default=None, ge=1, le=10_000_000, description="Optimizer steps to run.")
+    learning_rate: float = Field(default=2e-4, gt=0, le=1, description="Peak learning rate.")
+    scheduler: Literal["cosine", "linear", "constant"] = Field(default="cosine", description="Learning-rate schedule after warmup.")
+    warmup_ratio: float = Field(default=0.03, ge=0, le=0.5, description="Share of steps spent warming up.")
+    batch_size: int = Field(default=8, ge=1, le=4096, description="Sequences per device per micro-batch.")
+    gradient_accumulation: int = Field(default=1, ge=1, le=1024, description="Micro-batches per optimizer step.")
+    max_seq_length: int = Field(default=1024, ge=16, le=131072, description="Longest packed sequence in tokens.")
+    packing: bool = Field(default=True, description="Pack variable-length examples without cross-example attention.")
+    seed: int = Field(default=42, ge=0, description="Random seed.")
+    checkpoint_interval: int = Field(default=100, ge=1, description="Optimizer steps between checkpoints; a restarted pod resumes from the latest.")
+
+
+class Gates(ApiModel):
+    """Model-validation thresholds; a candidate that fails one is registered Rejected."""
+
+    max_validation_loss: float | None = Field(default=None, gt=0, description="Highest acceptable validation loss.")
+    min_exact_match: float | None = Field(default=None, ge=0, le=1, description="Lowest acceptable exact-match on the validation set.")
+    max_retention_regression: float = Field(default=0.05, ge=0, le=10, description="Largest acceptable relative increase of retention-set loss over the base model (0.05 = 5%).")
+
+
+class QuantizeOutput(ApiModel):
+    """Merge the adapter into the base and quantize the merged model."""
+
+    format: Literal["nf4", "int8"] = Field(description="Quantization format of the merged model.")
+
+
+class Output(ApiModel):
+    """Where artifacts are written."""
+
+    uri: Uri
+    credentials_secret: str | None = Field(default=None, max_length=253, description="Secret (same namespace) whose keys become the workload's environment for the artifact store, e.g. AWS_ACCESS_KEY_ID.")
+    quantize: QuantizeOutput | None = Field(default=None, description="Optional quantized merged model.")
+
+
+class FineTuneJobSpec(ApiModel):
+    """A LoRA / QLoRA fine-tuning run."""
+
+    base_model: BaseModelRef = Field(description="The base model.")
+    adapter: AdapterTarget = Field(description="Adapter family of the result.")
+    dataset: Dataset = Field(description="Datasets and validation rules.")
+    method: Method = Field(default_factory=Method, description="LoRA or QLoRA settings.")
+    training: Training = Field(default_factory=Training, description="Optimisation settings.")
+    gates: Gates = Field(default_factory=Gates, description="Model-validation gates.")
+    output: Output = Field(description="Artifact store.")
+    resources: PodResources = Field(default_factory=PodResources, description="Pod resources and placement.")
+    backoff_limit: int = Field(default=3, ge=0, le=100, description="Pod retries (e.g. after preemption); training resumes from the latest checkpoint.")
+    active_deadline_seconds: int | None = Field(default=None, ge=60, description="Wall-clock limit of the whole Job.")
+
+
+class DataReport(ApiModel):
+    """What data validation kept and dropped."""
+
+    rows_read: int = Field(default=0, description="Rows read.")
+    rows_kept: int = Field(default=0, description="Rows kept after cleaning.")
+    dropped: dict[str, int] = Field(default_factory=dict, description="Rows dropped, by reason.")
+    digest: str | None = Field(default=None, description="sha256 of the kept data.")
+
+
+class Progress(ApiModel):
+    """Training progress."""
+
+    step: int = Field(default=0, description="Optimizer steps done.")
+    total_steps: int = Field(default=0, description="Optimizer steps planned.")
+    loss: float | None = Field(default=None, description="Latest training loss.")
+    tokens_per_second: float | None = Field(default=None, description="Real (non-padding) tokens per second.")
+    eta_seconds: int | None = Field(default=None, description="Estimated seconds left.")
+
+
+class FineTuneJobStatus(StatusBase):
+    """Observed state of a FineTuneJob."""
+
+    phase: Literal["Pending", "ValidatingData", "Training", "Evaluating", "Publishing", "Succeeded", "Rejected", "Failed"] | None = Field(default=None, description="Summary of the pipeline's state.")
+    job_name: str | None = Field(default=None, description="The batch Job running this generation.")
+    data_report: DataReport | None = Field(default=None, description="Data validation report.")
+    progress: Progress | None = Field(default=None, description="Training progress.")
+    metrics: dict[str, float] = Field(default_factory=dict, description="Validation and retention metrics.")
+    adapter_version: str | None = Field(default=None, description="Name of the AdapterVersion this run registered.")
+    start_time: str | None = Field(default=None, description="When the run started.")
+    completion_time: str | None = Field(default=None, description="When the run finished.")

@@ -1,0 +1,118 @@
+"""VectorIndex: an incremental chunk-embed-upsert pipeline into PostgreSQL + pgvector."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import ConfigDict, Field
+
+from tunerag_operator.api.common import (
+    SQL_IDENTIFIER,
+    ApiModel,
+    Duration,
+    PodResources,
+    ResourceRef,
+    SecretKeyRef,
+    StatusBase,
+    Uri,
+)
+
+
+class Source(ApiModel):
+    """Where the documents are."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        {"rule": "has(self.uri) != has(self.configMap)", "message": "set exactly one of uri or configMap"},
+    ]})
+
+    uri: Uri | None = None
+    config_map: ResourceRef | None = Field(default=None, description="A ConfigMap whose keys are documents.")
+    include: list[str] = Field(default_factory=lambda: ["**/*"], max_length=64, description="Glob patterns of files to index.")
+    exclude: list[str] = Field(default_factory=list, max_length=64, description="Glob patterns of files to skip.")
+    formats: list[Literal["text", "markdown", "html", "pdf"]] = Field(default_factory=lambda: ["text", "markdown", "html", "pdf"], description="Formats to read; others are skipped.")
+
+
+class Chunking(ApiModel):
+    """How documents are split."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        {"rule": "self.overlap < self.size", "message": "overlap must be smaller than size", "fieldPath": ".overlap"},
+    ]})
+
+    strategy: Literal["tokens", "recursive", "markdown"] = Field(default="markdown", description="tokens: fixed token windows; recursive: paragraph/sentence boundaries; markdown: keep headings with their sections.")
+    size: int = Field(default=256, ge=16, le=8192, description="Chunk size in tokens of the embedding model's tokenizer.")
+    overlap: int = Field(default=32, ge=0, le=4096, description="Tokens shared by consecutive chunks.")
+
+
+class Embedding(ApiModel):
+    """The sentence-transformers model."""
+
+    model: str = Field(default="sentence-transformers/all-MiniLM-L6-v2", max_length=512, description="Model name or local path.")
+    normalize: bool = Field(default=True, description="L2-normalize embeddings.")
+    batch_size: int = Field(default=64, ge=1, le=4096, description="Texts per embedding batch.")
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Device to embed on.")
+
+
+class IndexSettings(ApiModel):
+    """The approximate-nearest-neighbour index."""
+
+    type: Literal["hnsw", "ivfflat"] = Field(default="hnsw", description="pgvector index type.")
+    m: int = Field(default=16, ge=2, le=100, description="HNSW: links per node.")
+    ef_construction: int = Field(default=64, ge=4, le=1000, description="HNSW: candidate list size while building.")
+    ef_search: int = Field(default=100, ge=1, le=1000, description="HNSW: candidate list size at query time (pgvector's default 40 loses recall).")
+    lists: int = Field(default=100, ge=1, le=32768, description="IVFFlat: number of lists.")
+    probes: int = Field(default=10, ge=1, le=32768, description="IVFFlat: lists searched at query time.")
+
+
+class Store(ApiModel):
+    """PostgreSQL + pgvector."""
+
+    connection_secret: SecretKeyRef = Field(description="Secret key holding the libpq connection URI; never copied into status or logs.")
+    schema_: str = Field(default="public", alias="schema", pattern=SQL_IDENTIFIER, max_length=63, description="Schema of the table.")
+    table: str = Field(pattern=SQL_IDENTIFIER, max_length=48, description="Base name of the table (versions get a suffix).")
+    distance: Literal["cosine", "l2", "ip"] = Field(default="cosine", description="Distance of the index and of searches.")
+    index: IndexSettings = Field(default_factory=IndexSettings, description="ANN index settings.")
+    deletion_policy: Literal["Retain", "Delete"] = Field(default="Retain", description="On deletion of the VectorIndex: keep the tables, or drop them.")
+
+
+class Refresh(ApiModel):
+    """Periodic re-indexing."""
+
+    interval: Duration | None = None
+
+
+class VectorIndexSpec(ApiModel):
+    """An incremental indexing pipeline."""
+
+    source: Source = Field(description="Documents to index.")
+    chunking: Chunking = Field(default_factory=Chunking, description="Chunking strategy.")
+    embedding: Embedding = Field(default_factory=Embedding, description="Embedding model.")
+    store: Store = Field(description="Vector store.")
+    refresh: Refresh = Field(default_factory=Refresh, description="Periodic refresh; at most one run at a time.")
+    parallelism: int = Field(default=1, ge=1, le=64, description="Indexing pods, each taking a shard of the documents by hash.")
+    resources: PodResources = Field(default_factory=PodResources, description="Pod resources and placement.")
+
+
+class RunCounts(ApiModel):
+    """What the last run changed."""
+
+    added: int = Field(default=0, description="Documents added.")
+    updated: int = Field(default=0, description="Documents re-embedded because their content changed.")
+    deleted: int = Field(default=0, description="Documents removed from the source.")
+    unchanged: int = Field(default=0, description="Documents left as they were.")
+    skipped: int = Field(default=0, description="Files that could not be read, with reasons in the run report.")
+
+
+class VectorIndexStatus(StatusBase):
+    """Observed state of a VectorIndex."""
+
+    phase: Literal["Pending", "Indexing", "Ready", "Failed"] | None = Field(default=None, description="Summary of the index's state.")
+    job_name: str | None = Field(default=None, description="The current or last indexing Job.")
+    documents: int | None = Field(default=None, description="Documents in the live table version.")
+    chunks: int | None = Field(default=None, description="Chunks in the live table version.")
+    last_run: RunCounts | None = Field(default=None, description="What the last run changed.")
+    embedding_model: str | None = Field(default=None, description="Model of the live table version.")
+    dimension: int | None = Field(default=None, description="Embedding dimension of the live table version.")
+    source_digest: str | None = Field(default=None, description="Digest over the indexed documents' paths and content hashes.")
+    table_version: str | None = Field(default=None, description="Name of the live table version.")
+    last_indexed_time: str | None = Field(default=None, description="When the last run finished.")

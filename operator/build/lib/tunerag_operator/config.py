@@ -1,0 +1,39 @@
+"""Operator configuration from command-line flags and TUNERAG_* environment variables."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    namespaces: tuple[str, ...]
+    health_port: int
+    metrics_port: int
+    workloads_image: str
+    log_format: str
+    verbose: bool
+
+    @property
+    def clusterwide(self) -> bool:
+        return not self.namespaces
+
+
+def parse(argv: list[str] | None = None) -> OperatorConfig:
+    env = os.environ
+    p = argparse.ArgumentParser(prog="tunerag-operator", description="Run the tunerag operator.")
+    p.add_argument("--namespaces", default=env.get("TUNERAG_NAMESPACES", ""),
+                   help="comma-separated namespaces to watch; empty watches the whole cluster")
+    p.add_argument("--health-port", type=int, default=int(env.get("TUNERAG_HEALTH_PORT", "8080")),
+                   help="port of /healthz (liveness and readiness); 0 disables it")
+    p.add_argument("--metrics-port", type=int, default=int(env.get("TUNERAG_METRICS_PORT", "9090")),
+                   help="port of the Prometheus /metrics endpoint; 0 disables it")
+    p.add_argument("--workloads-image", default=env.get("TUNERAG_WORKLOADS_IMAGE", "ghcr.io/tunerag/workloads:0.1.0"),
+                   help="image of the training, indexing and serving workloads")
+    p.add_argument("--log-format", choices=["json", "plain"], default=env.get("TUNERAG_LOG_FORMAT", "json"))
+    p.add_argument("--verbose", action="store_true", default=env.get("TUNERAG_VERBOSE") == "1")
+    a = p.parse_args(argv)
+    namespaces = tuple(n.strip() for n in a.namespaces.split(",") if n.strip())
+    return OperatorConfig(namespaces, a.health_port, a.metrics_port, a.workloads_image, a.log_format, a.verbose)

@@ -1,0 +1,56 @@
+"""Checks that what a spec refers to exists in the resource's own namespace.
+
+Each check returns Problems with a reason and a message that says what to fix. References are
+always resolved in the resource's namespace: there is no field that could name another.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tunerag_operator import kubeapi
+
+
+@dataclass(frozen=True)
+class Problem:
+    reason: str
+    message: str
+
+
+def secret_key(namespace: str, name: str, key: str, purpose: str) -> list[Problem]:
+    secret = kubeapi.get_secret(namespace, name)
+    if secret is None:
+        return [Problem("SecretNotFound", f"Secret {namespace}/{name} ({purpose}) does not exist; create it with key {key!r}.")]
+    if key not in (secret.get("data") or {}) and key not in (secret.get("stringData") or {}):
+        return [Problem("SecretKeyNotFound", f"Secret {namespace}/{name} ({purpose}) has no key {key!r}; add it.")]
+    return []
+
+
+def secret(namespace: str, name: str, purpose: str) -> list[Problem]:
+    if kubeapi.get_secret(namespace, name) is None:
+        return [Problem("SecretNotFound", f"Secret {namespace}/{name} ({purpose}) does not exist; create it.")]
+    return []
+
+
+def configmap(namespace: str, name: str, purpose: str) -> list[Problem]:
+    if kubeapi.get_configmap(namespace, name) is None:
+        return [Problem("ConfigMapNotFound", f"ConfigMap {namespace}/{name} ({purpose}) does not exist; create it.")]
+    return []
+
+
+def uri(namespace: str, value: str, purpose: str) -> list[Problem]:
+    """pvc:// URIs name a claim in the namespace: it must exist. Other schemes are resolved by the
+    workload at run time (their failures surface from the Job)."""
+    if not value.startswith("pvc://"):
+        return []
+    claim = value.removeprefix("pvc://").split("/", 1)[0]
+    if kubeapi.get_pvc(namespace, claim) is None:
+        return [Problem("PersistentVolumeClaimNotFound",
+                        f"PersistentVolumeClaim {namespace}/{claim} ({purpose}, {value}) does not exist; create it or fix the URI.")]
+    return []
+
+
+def custom(namespace: str, plural: str, kind: str, name: str, purpose: str) -> list[Problem]:
+    if kubeapi.get_custom(namespace, plural, name) is None:
+        return [Problem(f"{kind}NotFound", f"{kind} {namespace}/{name} ({purpose}) does not exist; create it or fix the reference.")]
+    return []
