@@ -21,7 +21,7 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
     cp.start()
     try:
         api = config.new_client_from_config(str(cp.kubeconfig))
-        kube.install_crds(api, kube.crd_documents())
+        kube.install_crds(api, kube.crd_documents(include_kserve=False))
         yield cp
     finally:
         cp.stop()
@@ -31,6 +31,13 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
 def api(control_plane: ControlPlane) -> client.ApiClient:
     """An admin ApiClient for the local control plane."""
     return config.new_client_from_config(str(control_plane.kubeconfig))
+
+
+@pytest.fixture(scope="session")
+def kserve_crds(api: client.ApiClient) -> None:
+    """KServe's real CRDs (InferenceService, InferenceGraph, ServingRuntimes). Installing the
+    2 MB InferenceService schema takes the API server about 25 s, so only tests that need it pay."""
+    kube.install_crds(api, [d for d in kube.crd_documents() if d["spec"]["group"] == "serving.kserve.io"])
 
 
 @pytest.fixture

@@ -171,13 +171,15 @@ class ControlPlane:
             time.sleep(0.25)
         raise TimeoutError(f"kube-apiserver not ready after {timeout}s ({last}); logs in {self.workdir}")
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 3.0) -> None:
+        """SIGTERM, then SIGKILL after `grace` seconds (the API server otherwise drains open
+        watches for ~15 s; nothing here needs a graceful drain)."""
         for proc in reversed(self._procs):
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
         for proc in reversed(self._procs):
             try:
-                proc.wait(timeout=15)
+                proc.wait(timeout=grace)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                 while True:
                     time.sleep(3600)
         return 0
-    except Exception as exc:  # noqa: BLE001 - the one place that turns any failure into a stage report
+    except Exception as exc:
         print(f"\nFAILED at stage '{current}': {exc}", file=sys.stderr)
         print(f"logs: {cp.workdir}/*.log, {op.log_path}", file=sys.stderr)
         return 1

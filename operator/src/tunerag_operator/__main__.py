@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> None:
         log_format=kopf.LogFormat.JSON if cfg.log_format == "json" else kopf.LogFormat.FULL,
     )
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
-    import tunerag_operator.handlers  # noqa: F401 - registers the handlers
+    import tunerag_operator.handlers
     import tunerag_operator.settings  # noqa: F401 - registers the startup settings
 
     if cfg.metrics_port:
@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> None:
         namespaces=cfg.namespaces,
         liveness_endpoint=f"http://0.0.0.0:{cfg.health_port}/healthz" if cfg.health_port else None,
         standalone=True,
+        memo=kopf.Memo(config=cfg),
     )
 
 

@@ -15,6 +15,7 @@ class OperatorConfig:
     workloads_image: str
     log_format: str
     verbose: bool
+    retry_delay: float = 15.0
 
     @property
     def clusterwide(self) -> bool:
@@ -33,7 +34,11 @@ def parse(argv: list[str] | None = None) -> OperatorConfig:
     p.add_argument("--workloads-image", default=env.get("TUNERAG_WORKLOADS_IMAGE", "ghcr.io/tunerag/workloads:0.1.0"),
                    help="image of the training, indexing and serving workloads")
     p.add_argument("--log-format", choices=["json", "plain"], default=env.get("TUNERAG_LOG_FORMAT", "json"))
+    p.add_argument("--retry-delay", type=float, default=float(env.get("TUNERAG_RETRY_DELAY", "15")),
+                   help="seconds between re-checks of a resource whose references are missing")
     p.add_argument("--verbose", action="store_true", default=env.get("TUNERAG_VERBOSE") == "1")
     a = p.parse_args(argv)
     namespaces = tuple(n.strip() for n in a.namespaces.split(",") if n.strip())
-    return OperatorConfig(namespaces, a.health_port, a.metrics_port, a.workloads_image, a.log_format, a.verbose)
+    return OperatorConfig(
+        namespaces, a.health_port, a.metrics_port, a.workloads_image, a.log_format, a.verbose, a.retry_delay
+    )

@@ -17,5 +17,5 @@ RECONCILE_SECONDS = Histogram(
 )
 
 
-def serve(port: int, address: str = "0.0.0.0") -> None:  # noqa: S104 - a pod's metrics port
+def serve(port: int, address: str = "0.0.0.0") -> None:
     start_http_server(port, addr=address)

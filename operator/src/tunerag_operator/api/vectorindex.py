@@ -18,6 +18,10 @@ from tunerag_operator.api.common import (
 )
 
 
+Format = Literal["text", "markdown", "html", "pdf"]
+FORMATS: tuple[Format, ...] = ("text", "markdown", "html", "pdf")
+
+
 class Source(ApiModel):
     """Where the documents are."""
 
@@ -29,7 +33,7 @@ class Source(ApiModel):
     config_map: ResourceRef | None = Field(default=None, description="A ConfigMap whose keys are documents.")
     include: list[str] = Field(default_factory=lambda: ["**/*"], max_length=64, description="Glob patterns of files to index.")
     exclude: list[str] = Field(default_factory=list, max_length=64, description="Glob patterns of files to skip.")
-    formats: list[Literal["text", "markdown", "html", "pdf"]] = Field(default_factory=lambda: ["text", "markdown", "html", "pdf"], description="Formats to read; others are skipped.")
+    formats: list[Format] = Field(default_factory=lambda: list(FORMATS), description="Formats to read; others are skipped.")
 
 
 class Chunking(ApiModel):

@@ -9,7 +9,6 @@ itself once the user creates what was missing.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -24,7 +23,7 @@ from tunerag_operator.conditions import Conditions, get_condition, set_condition
 from tunerag_operator.references import Problem
 
 Reconciler = Callable[[Any, str], list[Problem]]
-RETRY_DELAY_SECONDS = 15.0
+DEFAULT_RETRY_DELAY = 15.0
 
 
 def describe_validation_error(exc: ValidationError) -> str:
@@ -45,7 +44,9 @@ def _post_if_changed(body: kopf.Body, before: Conditions, after: Conditions, typ
         kopf.info(body, reason=new["reason"], message=new["message"])
 
 
-def reconcile(kind: Kind, check: Reconciler, initial_phase: str, body: kopf.Body, patch: kopf.Patch, logger: logging.Logger) -> None:
+def reconcile(
+    kind: Kind, check: Reconciler, initial_phase: str, body: kopf.Body, patch: kopf.Patch, retry_delay: float
+) -> None:
     started = time.perf_counter()
     generation = body.meta.get("generation")
     before: Conditions = [dict(c) for c in body.status.get("conditions") or []]
@@ -68,7 +69,7 @@ def reconcile(kind: Kind, check: Reconciler, initial_phase: str, body: kopf.Body
             conds = set_condition(conds, "Accepted", "False", reason, message, generation)
             conds = set_condition(conds, "Ready", "False", reason, message, generation)
             metrics.RECONCILE_ERRORS.labels(kind.kind, reason).inc()
-            raise kopf.TemporaryError(message, delay=RETRY_DELAY_SECONDS)
+            raise kopf.TemporaryError(message, delay=retry_delay)
         conds = set_condition(conds, "Accepted", "True", "Accepted", "The spec is valid and every reference resolves.", generation)
         if get_condition(conds, "Ready") is None or get_condition(conds, "Ready")["reason"] != "Ready":  # type: ignore[index]
             conds = set_condition(conds, "Ready", "False", "Waiting", f"{kind.kind} accepted; waiting for its pipeline.", generation)
@@ -85,8 +86,9 @@ def register(kind: Kind, check: Reconciler, initial_phase: str) -> None:
     """Registers the level-triggered reconcile of `kind` for creation, spec changes and operator
     restarts (resume). Retries on temporary problems forever, with back-off."""
 
-    def handler(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, **_: Any) -> None:
-        reconcile(kind, check, initial_phase, body, patch, logger)
+    def handler(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+        config = memo.get("config")
+        reconcile(kind, check, initial_phase, body, patch, getattr(config, "retry_delay", DEFAULT_RETRY_DELAY))
 
     for on in (kopf.on.create, kopf.on.update, kopf.on.resume):
-        on(GROUP, VERSION, kind.plural, id="reconcile", retries=None, backoff=RETRY_DELAY_SECONDS)(handler)
+        on(GROUP, VERSION, kind.plural, id="reconcile", retries=None, backoff=DEFAULT_RETRY_DELAY)(handler)
