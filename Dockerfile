@@ -34,12 +34,14 @@ EXPOSE 8080 9090
 ENTRYPOINT ["tunerag-operator"]
 
 # ---------------------------------------------------------------------------------------------
-# workloads: fine-tuning, indexing and the model server on the CUDA runtime. Ubuntu 22.04 ships
-# Python 3.10, so a standalone CPython 3.11 comes from uv (pinned) into /opt/python.
+# workloads: fine-tuning, indexing and the model server on the CUDA runtime. The torch wheels in
+# requirements/workloads.lock bundle CUDA 13 libraries; the CUDA 13 base declares that requirement
+# (NVIDIA_REQUIRE_CUDA), so a host driver that is too old fails at container start, not mid-training.
+# Ubuntu 22.04 ships Python 3.10, so a standalone CPython 3.11 comes from uv (pinned) into /opt/python.
 # ---------------------------------------------------------------------------------------------
 FROM ghcr.io/astral-sh/uv:0.13.9 AS uv
 
-FROM nvidia/cuda:12.4.1-runtime-ubuntu22.04 AS workloads-build
+FROM nvidia/cuda:13.0.0-runtime-ubuntu22.04 AS workloads-build
 COPY --from=uv /uv /usr/local/bin/uv
 ENV UV_PYTHON_INSTALL_DIR=/opt/python \
     UV_PYTHON_PREFERENCE=only-managed \
@@ -49,10 +51,12 @@ ENV UV_PYTHON_INSTALL_DIR=/opt/python \
 RUN uv python install 3.11.18 \
  && uv venv --python 3.11.18 /opt/venv
 WORKDIR /src
+COPY requirements/workloads.lock requirements/workloads.lock
+RUN uv pip install --python /opt/venv/bin/python -r requirements/workloads.lock
 COPY workloads/ workloads/
-RUN uv pip install --python /opt/venv/bin/python ./workloads
+RUN uv pip install --python /opt/venv/bin/python -c requirements/workloads.lock ./workloads
 
-FROM nvidia/cuda:12.4.1-runtime-ubuntu22.04 AS workloads
+FROM nvidia/cuda:13.0.0-runtime-ubuntu22.04 AS workloads
 RUN groupadd --gid 65532 tunerag \
  && useradd --uid 65532 --gid 65532 --create-home --home-dir /home/tunerag --shell /usr/sbin/nologin tunerag
 COPY --from=workloads-build /opt/python /opt/python

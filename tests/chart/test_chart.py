@@ -416,7 +416,9 @@ def test_dockerfile_targets_and_bases() -> None:
     assert {"operator", "workloads"} <= set(stages)
     assert re.fullmatch(r"python:3\.11\.\d+-slim(-\w+)?", stages["operator"].base), stages["operator"].base
     assert re.fullmatch(r"nvidia/cuda:[\d.]+-(cudnn-)?runtime-ubuntu22\.04", stages["workloads"].base)
-    for name in ("operator", "workloads"):
+    for name, lock in (("operator", "requirements/operator.lock"), ("workloads", "requirements/workloads.lock")):
+        runs = [args for stage in stage_chain(stages, name) for instr, args in stage.instructions if instr == "RUN"]
+        assert any(lock in run for run in runs), f"the {name} target does not install from {lock}"
         users = [args for instr, args in stages[name].instructions if instr == "USER"]
         assert users and users[-1].split(":")[0] == "65532", f"{name} must end as UID 65532"
 
