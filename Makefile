@@ -1,7 +1,7 @@
 .PHONY: quickstart test crds lint
 
 quickstart: ## set everything up on a fresh machine and run the example pipeline
-	bash .ci/quickstart
+	bash .ci/quickstart $(ARGS)
 
 test: ## set up what is missing, then run the whole test suite
 	bash .ci/test
