@@ -17,7 +17,6 @@ from tunerag_operator.api.common import (
     Uri,
 )
 
-
 Format = Literal["text", "markdown", "html", "pdf"]
 FORMATS: tuple[Format, ...] = ("text", "markdown", "html", "pdf")
 
