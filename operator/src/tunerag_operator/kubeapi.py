@@ -49,3 +49,51 @@ def get_pvc(namespace: str, name: str) -> dict[str, Any] | None:
 def get_custom(namespace: str, plural: str, name: str) -> dict[str, Any] | None:
     api = client.CustomObjectsApi(api_client())
     return _get(api.get_namespaced_custom_object, GROUP, VERSION, namespace, plural, name)
+
+
+def create_if_absent(body: dict[str, Any]) -> bool:
+    """Creates a ConfigMap or Job; False when one of that name already exists (idempotent)."""
+    ns = body["metadata"]["namespace"]
+    create = {
+        "ConfigMap": client.CoreV1Api(api_client()).create_namespaced_config_map,
+        "Job": client.BatchV1Api(api_client()).create_namespaced_job,
+    }[body["kind"]]
+    try:
+        create(ns, body)
+    except ApiException as exc:
+        if exc.status == 409:
+            return False
+        raise
+    return True
+
+
+def get_job(namespace: str, name: str) -> dict[str, Any] | None:
+    return _get(client.BatchV1Api(api_client()).read_namespaced_job, name, namespace)
+
+
+def delete_job(namespace: str, name: str) -> None:
+    try:
+        client.BatchV1Api(api_client()).delete_namespaced_job(name, namespace, propagation_policy="Background")
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+
+
+def job_pods(namespace: str, job_name: str) -> list[dict[str, Any]]:
+    resp = client.CoreV1Api(api_client()).list_namespaced_pod(
+        namespace, label_selector=f"batch.kubernetes.io/job-name={job_name}", _preload_content=False
+    )
+    return json.loads(resp.data).get("items", [])  # type: ignore[no-any-return]
+
+
+def pod_log_tail(namespace: str, pod: str, lines: int = 50) -> str:
+    try:
+        return str(client.CoreV1Api(api_client()).read_namespaced_pod_log(pod, namespace, tail_lines=lines))
+    except ApiException:
+        return ""
+
+
+def patch_status(namespace: str, plural: str, name: str, status: dict[str, Any]) -> None:
+    client.CustomObjectsApi(api_client()).patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, plural, name, {"status": status}
+    )
