@@ -44,7 +44,7 @@ def test_examples_get_status_with_conditions(
         check=True, capture_output=True,
     )
     expected = {
-        "vectorindexes": ("handbook", "Pending"),
+        "vectorindexes": ("handbook", "Indexing"),
         "finetunejobs": ("ticket-router-1", "Pending"),
         "adapterversions": ("ticket-router-v1", "Pending"),
         "rolloutpolicies": ("ticket-router", "Idle"),
@@ -61,6 +61,13 @@ def test_examples_get_status_with_conditions(
         assert accepted and accepted["status"] == "True", f"{plural}/{name}: {status}"
         assert accepted["lastTransitionTime"]
         assert _condition(obj, "Ready") is not None
+    # The two pipelines got their Job (one per generation), owned by the resource.
+    batch = client.BatchV1Api(api)
+    for plural, (name, _) in expected.items():
+        if plural in ("vectorindexes", "finetunejobs"):
+            job = batch.read_namespaced_job(f"{name}-g1", namespace)
+            assert job.metadata.owner_references[0].name == name
+            assert _get(api, namespace, plural, name)["status"]["jobName"] == f"{name}-g1"
 
 
 def test_missing_secret_is_reported_then_heals(operator: OperatorProcess, api: client.ApiClient, namespace: str) -> None:

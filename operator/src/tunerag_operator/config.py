@@ -17,6 +17,10 @@ class OperatorConfig:
     verbose: bool
     retry_delay: float = 15.0
 
+    @classmethod
+    def defaults(cls) -> OperatorConfig:
+        return parse([])
+
     @property
     def clusterwide(self) -> bool:
         return not self.namespaces

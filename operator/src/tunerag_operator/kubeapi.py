@@ -18,9 +18,9 @@ from tunerag_operator.api.common import GROUP, VERSION
 @functools.cache
 def api_client() -> client.ApiClient:
     try:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
+        config.load_incluster_config()
     except config.ConfigException:
-        config.load_kube_config()  # type: ignore[no-untyped-call]
+        config.load_kube_config()
     return client.ApiClient()
 
 

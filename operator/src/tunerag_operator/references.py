@@ -10,6 +10,11 @@ from dataclasses import dataclass
 
 from tunerag_operator import kubeapi
 
+PROBLEM_REASONS = (
+    "SecretNotFound", "SecretKeyNotFound", "ConfigMapNotFound", "PersistentVolumeClaimNotFound",
+    "VectorIndexNotFound", "FineTuneJobNotFound",
+)
+
 
 @dataclass(frozen=True)
 class Problem:

@@ -57,19 +57,21 @@ def last_result(pods: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, str]
 def interpret(job: dict[str, Any], pods: list[dict[str, Any]]) -> RunState:
     status = job.get("status") or {}
     result, raw = last_result(pods)
-    common = {"result": result, "start_time": status.get("startTime"), "completion_time": status.get("completionTime"),
-              "failed_pods": int(status.get("failed") or 0)}
+
+    def state(phase: Phase, reason: str, message: str) -> RunState:
+        return RunState(phase, reason, message, result, status.get("startTime"), status.get("completionTime"),
+                        int(status.get("failed") or 0))
+
     if _condition(job, "Complete"):
-        return RunState("Succeeded", "Completed", "The workload finished.", **common)
+        return state("Succeeded", "Completed", "The workload finished.")
     if failed := _condition(job, "Failed"):
         if result and result.get("ok") is False:
-            return RunState("Failed", str(result.get("reason") or "WorkloadFailed"), str(result.get("message") or ""), **common)
-        reason = failed.get("reason") or "JobFailed"
+            return state("Failed", str(result.get("reason") or "WorkloadFailed"), str(result.get("message") or ""))
         detail = f" Last output: {raw[-1500:]}" if raw else ""
-        return RunState("Failed", reason, f"{failed.get('message') or 'The Job failed.'}{detail}", **common)
+        return state("Failed", failed.get("reason") or "JobFailed", f"{failed.get('message') or 'The Job failed.'}{detail}")
     if int(status.get("active") or 0) > 0:
-        return RunState("Running", "Running", "The workload is running.", **common)
-    return RunState("Pending", "JobPending", "Waiting for the workload pod to start.", **common)
+        return state("Running", "Running", "The workload is running.")
+    return state("Pending", "JobPending", "Waiting for the workload pod to start.")
 
 
 def parse_progress(log_tail: str) -> dict[str, Any] | None:

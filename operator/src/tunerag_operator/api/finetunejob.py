@@ -129,7 +129,12 @@ class Output(ApiModel):
 
 
 class FineTuneJobSpec(ApiModel):
-    """A LoRA / QLoRA fine-tuning run."""
+    """A LoRA / QLoRA fine-tuning run. Like a batch Job's template, the spec is immutable: a run
+    is a record of what was trained; create a new FineTuneJob to train again."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        {"rule": "self == oldSelf", "message": "FineTuneJob spec is immutable; create a new FineTuneJob to train again"},
+    ]})
 
     base_model: BaseModelRef = Field(description="The base model.")
     adapter: AdapterTarget = Field(description="Adapter family of the result.")

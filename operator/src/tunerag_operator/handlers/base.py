@@ -20,9 +20,12 @@ from tunerag_operator import metrics
 from tunerag_operator.api.common import GROUP, VERSION
 from tunerag_operator.api.kinds import Kind
 from tunerag_operator.conditions import Conditions, get_condition, set_condition
-from tunerag_operator.references import Problem
+from tunerag_operator.config import OperatorConfig
+from tunerag_operator.references import PROBLEM_REASONS, Problem
 
 Reconciler = Callable[[Any, str], list[Problem]]
+# Acts on an accepted spec (starts a run, for instance) and returns status fields to set.
+Actor = Callable[[Any, kopf.Body, OperatorConfig], dict[str, Any]]
 DEFAULT_RETRY_DELAY = 15.0
 
 
@@ -45,7 +48,8 @@ def _post_if_changed(body: kopf.Body, before: Conditions, after: Conditions, typ
 
 
 def reconcile(
-    kind: Kind, check: Reconciler, initial_phase: str, body: kopf.Body, patch: kopf.Patch, retry_delay: float
+    kind: Kind, check: Reconciler, initial_phase: str, body: kopf.Body, patch: kopf.Patch, config: OperatorConfig,
+    act: Actor | None = None,
 ) -> None:
     started = time.perf_counter()
     generation = body.meta.get("generation")
@@ -69,10 +73,16 @@ def reconcile(
             conds = set_condition(conds, "Accepted", "False", reason, message, generation)
             conds = set_condition(conds, "Ready", "False", reason, message, generation)
             metrics.RECONCILE_ERRORS.labels(kind.kind, reason).inc()
-            raise kopf.TemporaryError(message, delay=retry_delay)
+            raise kopf.TemporaryError(message, delay=config.retry_delay)
         conds = set_condition(conds, "Accepted", "True", "Accepted", "The spec is valid and every reference resolves.", generation)
-        if get_condition(conds, "Ready") is None or get_condition(conds, "Ready")["reason"] != "Ready":  # type: ignore[index]
+        ready = get_condition(conds, "Ready")
+        if ready is None or ready["reason"] in ("InvalidSpec", *PROBLEM_REASONS):
             conds = set_condition(conds, "Ready", "False", "Waiting", f"{kind.kind} accepted; waiting for its pipeline.", generation)
+        if act is not None:
+            updates = act(spec, body, config)
+            phase = updates.pop("phase", phase)
+            for key, value in updates.items():
+                patch.status[key] = value
     finally:
         patch.status["conditions"] = conds
         patch.status["phase"] = phase
@@ -82,13 +92,13 @@ def reconcile(
         metrics.RECONCILE_SECONDS.labels(kind.kind).observe(time.perf_counter() - started)
 
 
-def register(kind: Kind, check: Reconciler, initial_phase: str) -> None:
+def register(kind: Kind, check: Reconciler, initial_phase: str, act: Actor | None = None) -> None:
     """Registers the level-triggered reconcile of `kind` for creation, spec changes and operator
     restarts (resume). Retries on temporary problems forever, with back-off."""
 
     def handler(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-        config = memo.get("config")
-        reconcile(kind, check, initial_phase, body, patch, getattr(config, "retry_delay", DEFAULT_RETRY_DELAY))
+        config = memo.get("config") or OperatorConfig.defaults()
+        reconcile(kind, check, initial_phase, body, patch, config, act)
 
     for on in (kopf.on.create, kopf.on.update, kopf.on.resume):
         on(GROUP, VERSION, kind.plural, id="reconcile", retries=None, backoff=DEFAULT_RETRY_DELAY)(handler)

@@ -1,24 +1,128 @@
-"""FineTuneJob reconcile."""
+"""FineTuneJob reconcile: check references, run the training Job, register the AdapterVersion."""
 
 from __future__ import annotations
 
-from tunerag_operator import references
+from typing import Any
+
+import kopf
+
+from tunerag_operator import events, kubeapi, references, registry
+from tunerag_operator.api.common import GROUP, VERSION
 from tunerag_operator.api.finetunejob import FineTuneJobSpec
 from tunerag_operator.api.kinds import FINETUNEJOB
+from tunerag_operator.conditions import now, set_condition
+from tunerag_operator.config import OperatorConfig
+from tunerag_operator.handlers import runs
 from tunerag_operator.handlers.base import register
 from tunerag_operator.references import Problem
+from tunerag_operator.render.workload import Owner, WorkloadRun, run_name
+from tunerag_operator.runstate import RunState
+
+ACTIVE = ("Pending", "ValidatingData", "Training", "Evaluating", "Publishing")
+STAGES = {"validate": "ValidatingData", "train": "Training", "evaluate": "Evaluating", "quantize": "Publishing",
+          "publish": "Publishing"}
+
+
+def _uris(spec: FineTuneJobSpec) -> list[tuple[str, str]]:
+    ds = spec.dataset
+    out = [("spec.baseModel.uri", spec.base_model.uri), ("spec.output.uri", spec.output.uri)]
+    for name, source in (("train", ds.train), ("validation", ds.validation), ("retention", ds.retention)):
+        if source is not None:
+            out.append((f"spec.dataset.{name}.uri", source.uri))
+    return out
 
 
 def check(spec: FineTuneJobSpec, namespace: str) -> list[Problem]:
-    problems = references.uri(namespace, spec.base_model.uri, "spec.baseModel.uri")
-    ds = spec.dataset
-    for name, source in (("train", ds.train), ("validation", ds.validation), ("retention", ds.retention)):
-        if source is not None:
-            problems += references.uri(namespace, source.uri, f"spec.dataset.{name}.uri")
-    problems += references.uri(namespace, spec.output.uri, "spec.output.uri")
+    problems = [p for field, uri in _uris(spec) for p in references.uri(namespace, uri, field)]
     if spec.output.credentials_secret:
         problems += references.secret(namespace, spec.output.credentials_secret, "spec.output.credentialsSecret")
     return problems
 
 
-register(FINETUNEJOB, check, initial_phase="Pending")
+def workload_run(spec: FineTuneJobSpec, owner: Owner, image: str) -> WorkloadRun:
+    claims = tuple(uri.removeprefix("pvc://").split("/", 1)[0] for _, uri in _uris(spec) if uri.startswith("pvc://"))
+    return WorkloadRun(
+        owner=owner, component="finetune", module="tunerag_workloads.finetune",
+        spec=spec.model_dump(mode="json", exclude_none=True), image=spec.resources.image or image,
+        resources=spec.resources, claims=claims, env_from_secret=spec.output.credentials_secret,
+        backoff_limit=spec.backoff_limit, active_deadline_seconds=spec.active_deadline_seconds,
+    )
+
+
+def start_run(spec: FineTuneJobSpec, body: kopf.Body, config: OperatorConfig) -> dict[str, Any]:
+    owner = Owner(FINETUNEJOB.kind, body.meta["name"], body.meta["namespace"], body.meta["uid"], body.meta["generation"])
+    if body.status.get("jobName") == run_name(owner):
+        return {}
+    return {"jobName": runs.start(workload_run(spec, owner, config.workloads_image)), "phase": "Pending"}
+
+
+def adapter_spec(spec: dict[str, Any], name: str, result: dict[str, Any]) -> dict[str, Any]:
+    adapter = result.get("adapter") or {}
+    return {
+        "baseModel": {k: v for k, v in {"uri": spec["baseModel"]["uri"], "revision": spec["baseModel"].get("revision"),
+                                        "digest": (result.get("baseModel") or {}).get("digest")}.items() if v},
+        "artifact": {"uri": adapter["uri"], "sha256": adapter["sha256"], "sizeBytes": adapter.get("sizeBytes"),
+                     "format": "peft-lora"},
+        "lineage": {"fineTuneJob": name, "datasetDigests": result.get("datasetDigests") or {},
+                    "hyperParameters": {k: str(v) for k, v in (result.get("hyperParameters") or {}).items()}},
+        "metrics": {k: float(v) for k, v in (result.get("metrics") or {}).items() if isinstance(v, int | float)},
+        "gates": result.get("gates") or [],
+    }
+
+
+@runs.observe(FINETUNEJOB.kind)
+def observe_run(namespace: str, name: str, job_name: str, state: RunState) -> None:
+    obj = kubeapi.get_custom(namespace, FINETUNEJOB.plural, name)
+    if obj is None or (obj.get("status") or {}).get("jobName") != job_name:
+        return
+    status = obj.get("status") or {}
+    if status.get("phase") in ("Succeeded", "Rejected", "Failed"):
+        return  # a finished run is a record
+    generation = obj["metadata"]["generation"]
+    conds = status.get("conditions") or []
+    result = state.result or {}
+    update: dict[str, Any] = {"startTime": state.start_time} if state.start_time else {}
+    if result.get("dataReport"):
+        update["dataReport"] = result["dataReport"]
+    if state.phase == "Succeeded" and result.get("ok"):
+        av = registry.register(namespace, obj["spec"]["adapter"]["family"], name, obj["metadata"]["uid"],
+                               adapter_spec(obj["spec"], name, result))
+        failed = [g for g in result.get("gates") or [] if not g.get("passed")]
+        update |= {"adapterVersion": av["metadata"]["name"], "completionTime": state.completion_time or now(),
+                   "metrics": {k: float(v) for k, v in (result.get("metrics") or {}).items() if isinstance(v, int | float)}}
+        if failed:
+            gates = "; ".join(f"{g['name']} {g['value']:.4g} vs {g['threshold']:.4g}" for g in failed)
+            update["phase"] = "Rejected"
+            conds = set_condition(conds, "Ready", "False", "GateFailed",
+                                  f"Registered {av['metadata']['name']} as Rejected: failed gates: {gates}.", generation)
+        else:
+            update["phase"] = "Succeeded"
+            conds = set_condition(conds, "Ready", "True", "Ready", f"Registered {av['metadata']['name']}.", generation)
+    elif state.phase == "Failed":
+        update |= {"phase": "Failed", "completionTime": state.completion_time or now()}
+        conds = set_condition(conds, "Ready", "False", state.reason, state.message, generation)
+    elif state.phase == "Running" and status.get("phase") == "Pending":
+        update["phase"] = "ValidatingData"
+    if "phase" not in update and not update.keys() - status.keys():
+        return
+    kubeapi.patch_status(namespace, FINETUNEJOB.plural, name, {**update, "conditions": conds})
+    if update.get("phase") in ("Succeeded", "Rejected"):
+        (events.info if update["phase"] == "Succeeded" else events.warn)(obj, update["phase"], conds[-1]["message"])
+    elif update.get("phase") == "Failed":
+        events.warn(obj, state.reason, state.message)
+
+
+@kopf.timer(GROUP, VERSION, FINETUNEJOB.plural, interval=5, idle=None,
+            when=lambda status, **_: status.get("phase") in ACTIVE and bool(status.get("jobName")))
+def report_progress(namespace: str | None, status: kopf.Status, patch: kopf.Patch, **_: Any) -> None:
+    """Copies the running pod's latest progress record into status.progress and the phase."""
+    record = runs.progress(str(namespace), str(status["jobName"]))
+    if not record:
+        return
+    patch.status["progress"] = {k: record[k] for k in ("step", "totalSteps", "loss", "tokensPerSecond", "etaSeconds")
+                                if record.get(k) is not None}
+    if (stage := STAGES.get(str(record.get("stage")))) and stage != status.get("phase"):
+        patch.status["phase"] = stage
+
+
+register(FINETUNEJOB, check, initial_phase="Pending", act=start_run)
