@@ -1,0 +1,318 @@
+"""The JobRunner against the real API server: Jobs run as local processes, and Job and Pod status
+look like the Job controller's and a kubelet's (the API server validates the Job status
+transitions)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import textwrap
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from substrate.jobrunner import JOB_TRACKING_FINALIZER, JobRunner, format_indexes, parse_indexes
+from substrate.kube import wait_for
+
+pytestmark = pytest.mark.cluster
+
+Obj = dict[str, Any]
+
+
+@pytest.fixture(autouse=True)
+def no_runner_errors(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fails a test whose Jobs made the runner hit API errors (a rejected status transition,
+    say), even if it recovered."""
+    if not {"job_runner", "namespace"} <= set(request.fixturenames):
+        yield
+        return
+    runner, ns = request.getfixturevalue("job_runner"), request.getfixturevalue("namespace")
+    yield
+    assert [e for e in runner.errors if e.startswith(f"{ns}/")] == []
+
+
+def make_job(api: client.ApiClient, ns: str, name: str, script: str, **spec: Any) -> Obj:
+    """Creates a Job whose only container runs `python -c script`; `spec` overrides Job spec
+    fields, `pod_spec` / `container` keys are merged into the template's."""
+    container: Obj = {"name": "main", "image": "python:3.11-slim", "command": ["python", "-c", textwrap.dedent(script)]}
+    container.update(spec.pop("container", {}))
+    pod_spec: Obj = {"restartPolicy": "Never", "containers": [container], "terminationGracePeriodSeconds": 2}
+    pod_spec.update(spec.pop("pod_spec", {}))
+    body = {
+        "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
+        "spec": {"backoffLimit": 0, "template": {"spec": pod_spec}, **spec},
+    }
+    job: Obj = client.ApiClient().sanitize_for_serialization(client.BatchV1Api(api).create_namespaced_job(ns, body))
+    return job
+
+
+def job_status(api: client.ApiClient, ns: str, name: str) -> Obj:
+    job = client.BatchV1Api(api).read_namespaced_job(name, ns)
+    return client.ApiClient().sanitize_for_serialization(job.status) or {}
+
+
+def conditions(status: Obj) -> dict[str, Obj]:
+    return {c["type"]: c for c in status.get("conditions") or [] if c["status"] == "True"}
+
+
+def wait_finished(api: client.ApiClient, ns: str, name: str, timeout: float = 20) -> Obj:
+    def finished() -> Obj | None:
+        status = job_status(api, ns, name)
+        return status if {"Complete", "Failed"} & set(conditions(status)) else None
+
+    return wait_for(finished, timeout, f"Job {ns}/{name} to finish")
+
+
+def pods_of(api: client.ApiClient, ns: str, name: str) -> list[Obj]:
+    pods = client.CoreV1Api(api).list_namespaced_pod(ns, label_selector=f"batch.kubernetes.io/job-name={name}")
+    out = client.ApiClient().sanitize_for_serialization(pods.items)
+    return sorted(out, key=lambda p: p["metadata"]["creationTimestamp"])
+
+
+def terminated(pod: Obj) -> Obj:
+    state: Obj = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+    return state
+
+
+def running_pod(api: client.ApiClient, runner: JobRunner, ns: str, name: str) -> Obj:
+    """The Job's Pod that is Running with a live process."""
+
+    def find() -> Obj | None:
+        for pod in pods_of(api, ns, name):
+            key = (ns, pod["metadata"]["name"])
+            if pod["status"].get("phase") == "Running" and key in runner.processes():
+                return pod
+        return None
+
+    return wait_for(find, 15, f"a running Pod of {ns}/{name}")
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_job_reads_configmap_and_secret_and_completes(api: client.ApiClient, namespace: str, job_runner: JobRunner) -> None:
+    core = client.CoreV1Api(api)
+    core.create_namespaced_config_map(namespace, {"metadata": {"name": "spec"}, "data": {"spec.json": '{"rows": 3}'}})
+    core.create_namespaced_secret(namespace, {"metadata": {"name": "creds"}, "stringData": {"token": "s3cret"}})
+    script = """
+        import json, os
+        spec = json.load(open("/etc/tunerag/spec.json"))
+        result = {"rows": spec["rows"], "token": os.environ["TOKEN"], "pod": os.environ["POD_NAME"]}
+        print("working", flush=True)
+        open("/dev/termination-log", "w").write(json.dumps(result))
+    """
+    make_job(api, namespace, "ok", script, container={
+        "env": [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}},
+                {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+        "volumeMounts": [{"name": "spec", "mountPath": "/etc/tunerag"}],
+    }, pod_spec={"volumes": [{"name": "spec", "configMap": {"name": "spec"}}]})
+
+    status = wait_finished(api, namespace, "ok")
+
+    conds = conditions(status)
+    assert {"SuccessCriteriaMet", "Complete"} <= set(conds), status
+    assert conds["Complete"]["reason"] == "CompletionsReached"
+    assert status["succeeded"] == 1 and not status.get("failed") and not status.get("active")
+    assert status["completionTime"] >= status["startTime"]
+    [pod] = pods_of(api, namespace, "ok")
+    assert pod["status"]["phase"] == "Succeeded"
+    state = terminated(pod)
+    assert (state["exitCode"], state["reason"]) == (0, "Completed")
+    assert json.loads(state["message"]) == {"rows": 3, "token": "s3cret", "pod": pod["metadata"]["name"]}
+    assert JOB_TRACKING_FINALIZER not in (pod["metadata"].get("finalizers") or [])
+    labels = pod["metadata"]["labels"]
+    assert labels["batch.kubernetes.io/job-name"] == "ok" and labels["job-name"] == "ok"
+    [owner] = pod["metadata"]["ownerReferences"]
+    assert owner["kind"] == "Job" and owner["controller"] is True
+    assert labels["batch.kubernetes.io/controller-uid"] == owner["uid"]
+    assert job_runner.log_path(namespace, pod["metadata"]["name"]).read_text() == "working\n"
+
+
+def test_failing_job_retries_until_backoff_limit(api: client.ApiClient, namespace: str, job_runner: JobRunner) -> None:
+    script = """
+        import sys
+        open("/dev/termination-log", "w").write("bad input: row 7")
+        sys.exit(3)
+    """
+    make_job(api, namespace, "bad", script, backoffLimit=1)
+
+    status = wait_finished(api, namespace, "bad")
+
+    conds = conditions(status)
+    assert {"FailureTarget", "Failed"} <= set(conds) and "Complete" not in conds
+    assert conds["Failed"]["reason"] == "BackoffLimitExceeded"
+    assert conds["Failed"]["message"] == "Job has reached the specified backoff limit"
+    assert status["failed"] == 2 and not status.get("succeeded") and not status.get("active")
+    pods = pods_of(api, namespace, "bad")
+    assert [p["status"]["phase"] for p in pods] == ["Failed", "Failed"]
+    for pod in pods:
+        state = terminated(pod)
+        assert (state["exitCode"], state["reason"], state["message"]) == (3, "Error", "bad input: row 7")
+
+
+def test_fallback_to_logs_on_error(api: client.ApiClient, namespace: str, job_runner: JobRunner) -> None:
+    script = """
+        import sys
+        for i in range(100):
+            print(f"line {i}")
+        sys.exit(1)
+    """
+    make_job(api, namespace, "logs", script, container={"terminationMessagePolicy": "FallbackToLogsOnError"})
+    wait_finished(api, namespace, "logs")
+    [pod] = pods_of(api, namespace, "logs")
+    message = terminated(pod)["message"]
+    assert message.splitlines()[0] == "line 20" and message.endswith("line 99\n")
+
+
+def test_active_deadline_kills_the_process(api: client.ApiClient, namespace: str, job_runner: JobRunner) -> None:
+    make_job(api, namespace, "slow", "import time; time.sleep(60)", activeDeadlineSeconds=3, backoffLimit=3)
+    pod = running_pod(api, job_runner, namespace, "slow")
+    pid = job_runner.processes()[(namespace, pod["metadata"]["name"])]
+
+    status = wait_finished(api, namespace, "slow", timeout=15)
+
+    conds = conditions(status)
+    assert {"FailureTarget", "Failed"} <= set(conds)
+    assert conds["Failed"]["reason"] == "DeadlineExceeded"
+    assert conds["Failed"]["message"] == "Job was active longer than specified deadline"
+    assert not status.get("active") and not status.get("terminating")
+    assert gone(pid)
+    assert pods_of(api, namespace, "slow") == []  # deleted by the controller, finalised by the kubelet
+
+
+def test_deleting_the_running_pod_kills_it_and_replaces_it(
+    api: client.ApiClient, namespace: str, job_runner: JobRunner
+) -> None:
+    # the first attempt leaves a marker on the shared claim and waits; the second one succeeds
+    client.CoreV1Api(api).create_namespaced_persistent_volume_claim(namespace, {
+        "metadata": {"name": "work"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+    })
+    script = """
+        import os, sys, time
+        marker = "/work/attempted"
+        if os.path.exists(marker):
+            sys.exit(0)
+        open(marker, "w").close()
+        time.sleep(60)
+    """
+    make_job(api, namespace, "retry", script, backoffLimit=2,
+             container={"volumeMounts": [{"name": "work", "mountPath": "/work"}]},
+             pod_spec={"volumes": [{"name": "work", "persistentVolumeClaim": {"claimName": "work"}}]})
+    first = running_pod(api, job_runner, namespace, "retry")
+    wait_for((job_runner.claim_path(namespace, "work") / "attempted").exists, 10, "the first attempt's marker")
+    pid = job_runner.processes()[(namespace, first["metadata"]["name"])]
+
+    client.CoreV1Api(api).delete_namespaced_pod(first["metadata"]["name"], namespace)
+
+    wait_for(lambda: gone(pid), 10, "the deleted Pod's process to die")
+    status = wait_finished(api, namespace, "retry")
+    assert "Complete" in conditions(status)
+    assert (status["failed"], status["succeeded"]) == (1, 1)
+    names = [p["metadata"]["name"] for p in pods_of(api, namespace, "retry")]
+    assert first["metadata"]["name"] not in names and len(names) == 1  # the deleted one is gone
+
+
+def test_crash_via_kill_hook_counts_as_failure(api: client.ApiClient, namespace: str, job_runner: JobRunner) -> None:
+    make_job(api, namespace, "crash", "import time; time.sleep(60)")
+    pod = running_pod(api, job_runner, namespace, "crash")
+
+    assert job_runner.kill(namespace, pod["metadata"]["name"], signal.SIGKILL)
+
+    status = wait_finished(api, namespace, "crash")
+    assert conditions(status)["Failed"]["reason"] == "BackoffLimitExceeded"
+    [pod] = pods_of(api, namespace, "crash")
+    assert (terminated(pod)["exitCode"], terminated(pod)["reason"]) == (137, "Error")
+
+
+def test_indexed_job_runs_every_index(api: client.ApiClient, namespace: str, job_runner: JobRunner) -> None:
+    script = 'import os; open("/dev/termination-log", "w").write(os.environ["JOB_COMPLETION_INDEX"])'
+    make_job(api, namespace, "idx", script, completionMode="Indexed", completions=3, parallelism=3)
+
+    status = wait_finished(api, namespace, "idx")
+
+    assert "Complete" in conditions(status)
+    assert (status["succeeded"], status["completedIndexes"]) == (3, "0-2")
+    messages = sorted(terminated(p)["message"] for p in pods_of(api, namespace, "idx"))
+    assert messages == ["0", "1", "2"]
+
+
+def test_missing_secret_waits_then_runs(api: client.ApiClient, namespace: str, job_runner: JobRunner) -> None:
+    make_job(api, namespace, "later", "import os; assert os.environ['K'] == 'v'",
+             container={"env": [{"name": "K", "valueFrom": {"secretKeyRef": {"name": "late", "key": "k"}}}]})
+
+    def waiting() -> Obj | None:
+        for pod in pods_of(api, namespace, "later"):
+            state = (pod["status"].get("containerStatuses") or [{}])[0].get("state") or {}
+            waiting: Obj = state.get("waiting") or {}
+            if waiting.get("reason") == "CreateContainerConfigError":
+                return waiting
+        return None
+
+    assert wait_for(waiting, 10, "CreateContainerConfigError")["message"] == 'secret "late" not found'
+    client.CoreV1Api(api).create_namespaced_secret(namespace, {"metadata": {"name": "late"}, "stringData": {"k": "v"}})
+    assert "Complete" in conditions(wait_finished(api, namespace, "later"))
+
+
+def test_deleting_the_job_kills_processes_and_deletes_pods(
+    api: client.ApiClient, namespace: str, job_runner: JobRunner
+) -> None:
+    make_job(api, namespace, "doomed", "import time; time.sleep(60)")
+    pod = running_pod(api, job_runner, namespace, "doomed")
+    pid = job_runner.processes()[(namespace, pod["metadata"]["name"])]
+
+    client.BatchV1Api(api).delete_namespaced_job("doomed", namespace, propagation_policy="Background")
+
+    wait_for(lambda: gone(pid) and not pods_of(api, namespace, "doomed"), 15, "process and Pods to go")
+
+
+def test_suspend_and_resume(api: client.ApiClient, namespace: str, job_runner: JobRunner) -> None:
+    make_job(api, namespace, "susp", "pass", suspend=True)
+    wait_for(lambda: conditions(job_status(api, namespace, "susp")).get("Suspended"), 10, "Suspended condition")
+    assert pods_of(api, namespace, "susp") == []
+
+    client.BatchV1Api(api).patch_namespaced_job("susp", namespace, {"spec": {"suspend": False}})
+
+    status = wait_finished(api, namespace, "susp")
+    assert "Complete" in conditions(status)
+    assert next(c for c in status["conditions"] if c["type"] == "Suspended")["reason"] == "JobResumed"
+
+
+def test_restarted_runner_fails_orphaned_running_pods(
+    api: client.ApiClient, namespace: str, job_runner: JobRunner
+) -> None:
+    script = """
+        import os, sys, time
+        if os.path.exists("/work/attempted"):
+            sys.exit(0)
+        open("/work/attempted", "w").close()
+        time.sleep(60)
+    """
+    make_job(api, namespace, "survivor", script, backoffLimit=1,
+             container={"volumeMounts": [{"name": "work", "mountPath": "/work"}]},
+             pod_spec={"volumes": [{"name": "work", "persistentVolumeClaim": {"claimName": "work"}}]})
+    first = running_pod(api, job_runner, namespace, "survivor")
+    wait_for((job_runner.claim_path(namespace, "work") / "attempted").exists, 10, "the first attempt's marker")
+
+    job_runner.stop()  # the node goes away: processes die, Pods stay Running
+    job_runner.start()
+
+    status = wait_finished(api, namespace, "survivor")
+    assert "Complete" in conditions(status) and (status["failed"], status["succeeded"]) == (1, 1)
+    lost = next(p for p in pods_of(api, namespace, "survivor") if p["metadata"]["name"] == first["metadata"]["name"])
+    assert lost["status"]["phase"] == "Failed"
+    assert terminated(lost)["reason"] == "ContainerStatusUnknown"
+
+
+def test_index_format_round_trips() -> None:
+    assert format_indexes({0, 1, 2, 5, 7, 8}) == "0-2,5,7-8"
+    assert parse_indexes("0-2,5,7-8") == {0, 1, 2, 5, 7, 8}
+    assert parse_indexes("") == set()
