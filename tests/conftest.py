@@ -12,6 +12,7 @@ from kubernetes import client, config
 
 from substrate import kube
 from substrate.controlplane import ControlPlane
+from substrate.operatorproc import OperatorProcess
 
 
 @pytest.fixture(scope="session")
@@ -31,6 +32,18 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
 def api(control_plane: ControlPlane) -> client.ApiClient:
     """An admin ApiClient for the local control plane."""
     return config.new_client_from_config(str(control_plane.kubeconfig))
+
+
+@pytest.fixture(scope="session")
+def operator(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    """The operator as a child process (as in its pod), watching the whole local cluster."""
+    proc = OperatorProcess(
+        control_plane.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log",
+        extra_env={"TUNERAG_RETRY_DELAY": "2"},
+    )
+    proc.start()
+    yield proc
+    proc.stop()
 
 
 @pytest.fixture(scope="session")
