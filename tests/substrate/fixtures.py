@@ -1,17 +1,25 @@
-"""pytest fixtures for the backing services: PostgreSQL (pgvector) and Prometheus.
+"""pytest fixtures for the backing services: PostgreSQL (pgvector) and Prometheus, and the
+JobRunner that plays the Job controller and a kubelet on the local control plane.
 
-Loaded from `tests/conftest.py` via `pytest_plugins`.
+Loaded from `tests/conftest.py` via `pytest_plugins`, so every test folder can use them.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from kubernetes import client
 
+from substrate.jobrunner import JobRunner
 from substrate.postgres import Postgres
 from substrate.prometheus import Prometheus
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +44,21 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]
     """One Prometheus server for the session, no targets yet (see `Prometheus.set_targets`)."""
     with Prometheus(tmp_path_factory.mktemp("prometheus")) as prom:
         yield prom
+
+
+def runner_env() -> dict[str, str]:
+    """What a Job's process needs on this machine: this interpreter first on PATH, and the
+    project's sources importable (in a cluster both come from the image)."""
+    return {
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "/usr/bin:/bin")]),
+        "PYTHONPATH": os.pathsep.join(str(ROOT / p) for p in ("operator/src", "workloads/src", "tests")),
+    }
+
+
+@pytest.fixture(scope="session")
+def job_runner(api: client.ApiClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[JobRunner]:
+    """Plays the Job controller, the scheduler and a kubelet (node "jobrunner", with pod logs
+    through the API server) for every namespace of the session's control plane; see
+    substrate.jobrunner."""
+    with JobRunner(api, workdir=tmp_path_factory.mktemp("jobrunner"), env_overrides=runner_env()) as runner:
+        yield runner

@@ -21,13 +21,18 @@ Job controller (pkg/controller/job)
     deleted before it finished counts as failed at once and is replaced (podReplacementPolicy
     `TerminatingOrFailed`; with `Failed` the replacement waits for the Pod to finish). The Job
     fails with `FailureTarget` then `Failed` (reason `BackoffLimitExceeded` when `status.failed >
-    backoffLimit`, `DeadlineExceeded` after `activeDeadlineSeconds`), deleting its active Pods
-    and waiting for them to terminate; it succeeds with `SuccessCriteriaMet` then `Complete` and
+    backoffLimit`, `DeadlineExceeded` after `activeDeadlineSeconds`, `PodFailurePolicy` when a
+    failed Pod matches a `FailJob` rule), deleting its active Pods and waiting for them to
+    terminate; it succeeds with `SuccessCriteriaMet` then `Complete` and
     `completionTime`. `parallelism`, `completions` (NonIndexed and Indexed, with
     `completedIndexes`, the `batch.kubernetes.io/job-completion-index` annotation and label and
     the `JOB_COMPLETION_INDEX` env var), `suspend` (the `Suspended` condition, `startTime` reset
-    on resume) are honoured. Not imitated: podFailurePolicy, successPolicy,
-    backoffLimitPerIndex, `restartPolicy: OnFailure` restarts (treated as Never), the exponential
+    on resume) are honoured. `podFailurePolicy` rules (`onExitCodes` with In/NotIn and optional
+    `containerName`, `onPodConditions`) are matched in order against each failed Pod: `FailJob`
+    fails the Job with the real controller's message, `Ignore` removes the Pod's finalizer
+    without counting it (the Pod is replaced), `Count` and `FailIndex` count. With a
+    podFailurePolicy (or podReplacementPolicy `Failed`) terminating Pods hold their slot.
+    Not imitated: successPolicy, backoffLimitPerIndex, `restartPolicy: OnFailure` restarts (treated as Never), the exponential
     pod-creation back-off (off by default, see `backoff_seconds`), managedBy.
 
 Garbage collector
@@ -56,6 +61,9 @@ Kubelet (one node, `node_name`)
     4096 bytes); with `terminationMessagePolicy: FallbackToLogsOnError` an empty message on a
     non-zero exit becomes the last 80 lines / 2048 bytes of the log. Each Pod's stdout and
     stderr go to `<workdir>/logs/<namespace>/<pod>.log` (`log_path`).
+    The node is registered as a Node object (`node_name`, InternalIP 127.0.0.1, Ready), and its
+    kubelet endpoint serves `/containerLogs` (substrate.kubelet), so `kubectl logs` and
+    `read_namespaced_pod_log` work through the API server, while the Pod runs and after.
     Deleting a Pod (graceful) kills its process: SIGTERM to the process group, SIGKILL after the
     Pod's `terminationGracePeriodSeconds` capped at 5 s; then the final status is written and the
     Pod is deleted with grace period 0, as a kubelet does.
@@ -106,6 +114,8 @@ from typing import Any
 
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
+
+from substrate.kubelet import KubeletError, KubeletServer, LogSource, node_object, pump_logs, stamped_path
 
 log = logging.getLogger("tunerag.jobrunner")
 
@@ -186,6 +196,62 @@ def set_condition(conditions: list[Obj], ctype: str, status: str, reason: str, m
     conditions.append({"type": ctype, "status": status, "reason": reason, "message": message,
                        "lastProbeTime": ts, "lastTransitionTime": ts})
     return True
+
+
+def only_replace_failed(job: Obj) -> bool:
+    """onlyReplaceFailedPods: podReplacementPolicy Failed, implied by a podFailurePolicy."""
+    spec = job["spec"]
+    return spec.get("podReplacementPolicy") == "Failed" or bool(spec.get("podFailurePolicy"))
+
+
+def match_pod_failure_policy(job: Obj, pod: Obj) -> tuple[str | None, bool]:
+    """The Job controller's matchPodFailurePolicy for a failed Pod: (the FailJob message or None,
+    whether the failure counts towards backoffLimit). Rules are tried in order and the first
+    match decides; `FailIndex` counts (backoffLimitPerIndex is not imitated); no match counts."""
+    policy = job["spec"].get("podFailurePolicy")
+    if not policy:
+        return None, True
+    status = pod.get("status") or {}
+    ns, name = meta(pod).get("namespace"), meta(pod).get("name")
+    for index, rule in enumerate(policy.get("rules") or []):
+        action = rule.get("action")
+        if rule.get("onExitCodes") is not None:
+            req = rule["onExitCodes"]
+            matched = next((cs for cs in (status.get("containerStatuses") or []) + (status.get("initContainerStatuses") or [])
+                            if _exit_code_matches(cs, req)), None)
+            if matched is None:
+                continue
+            what = (f"Container {matched['name']} for pod {ns}/{name} failed with exit code "
+                    f"{matched['state']['terminated']['exitCode']}")
+        elif rule.get("onPodConditions") is not None:
+            patterns = {(p.get("type"), p.get("status", "True")) for p in rule["onPodConditions"]}
+            cond = next((c for c in status.get("conditions") or [] if (c.get("type"), c.get("status")) in patterns),
+                        None)
+            if cond is None:
+                continue
+            what = f"Pod {ns}/{name} has condition {cond['type']}"
+        else:
+            continue
+        if action == "Ignore":
+            return None, False
+        if action in ("Count", "FailIndex"):
+            return None, True
+        if action == "FailJob":
+            return f"{what} matching FailJob rule at index {index}", True
+    return None, True
+
+
+def _exit_code_matches(container_status: Obj, req: Obj) -> bool:
+    """getMatchingContainerFromList: a terminated container (of `containerName`, if given) with a
+    non-zero exit code that is In / NotIn `values`."""
+    terminated = (container_status.get("state") or {}).get("terminated")
+    if terminated is None or req.get("containerName") not in (None, container_status.get("name")):
+        return False
+    code = int(terminated.get("exitCode") or 0)
+    if code == 0:
+        return False
+    values = [int(v) for v in req.get("values") or []]
+    return {"In": code in values, "NotIn": code not in values}.get(req.get("operator", ""), False)
 
 
 def parse_indexes(text: str | None) -> set[int]:
@@ -321,6 +387,7 @@ class PodProcess:
     container: str
     started_at: str
     grace: float
+    pump: threading.Thread | None = None  # copies the output pipe to the log files
     finished_at: str | None = None
     stop_requested: bool = False
     done: threading.Event = field(default_factory=threading.Event)
@@ -397,6 +464,8 @@ class JobRunner:
         self._threads: list[threading.Thread] = []
         self._last_failure: dict[str, float] = {}  # Job uid -> monotonic time of the last new failure
         self._ns_cache: dict[str, tuple[float, bool]] = {}
+        self._kubelet: KubeletServer | None = None
+        self.kubelet_port = 0  # the node's kubelet endpoint, kept across stop() / start()
         self.errors: list[str] = []  # reconcile errors, for tests to assert on
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -415,6 +484,9 @@ class JobRunner:
         left Running by an earlier run are treated as lost."""
         if self._threads:
             return
+        self._kubelet = KubeletServer(self._log_source, self.workdir / "kubelet", self.kubelet_port)
+        self.kubelet_port = self._kubelet.port
+        self._register_node()
         self._stop = stop = threading.Event()  # one per run: old watch threads wind down alone
         for ns in sorted(self.namespaces) if self.namespaces is not None else [None]:
             self._spawn(f"watch-jobs-{ns or 'all'}", self._watch_loop, stop, self._job_lister(ns), {},
@@ -428,6 +500,9 @@ class JobRunner:
         """Stops the threads and kills every process (SIGKILL); Pods are left as they are, as
         when a node goes away."""
         self._stop.set()
+        if self._kubelet is not None:
+            self._kubelet.close()
+            self._kubelet = None
         for thread in self._threads:
             if not thread.name.startswith("jobrunner-watch"):  # those end at their next timeout
                 thread.join(timeout=15)
@@ -440,6 +515,22 @@ class JobRunner:
         for proc in procs:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.popen.wait(timeout=5)
+
+    def _register_node(self) -> None:
+        """Registers (or updates) the Node, as a kubelet does at start: the object, then its
+        status through the status subresource, with the kubelet endpoint the API server proxies
+        `pods/log` to."""
+        body, status = node_object(self.node_name, self.kubelet_port)
+        try:
+            try:
+                self.core.create_node(body, _preload_content=False)
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+            self.core.patch_node_status(self.node_name, {"status": status}, _content_type=MERGE_PATCH,
+                                        _preload_content=False)
+        except ApiException as exc:  # Jobs still run; only `kubectl logs` will not
+            self._record_error(("node", self.node_name), f"{exc.status} {exc.reason}: {exc.body}")
 
     def _spawn(self, name: str, target: Callable[..., None], *args: Any) -> None:
         thread = threading.Thread(target=target, args=args, name=f"jobrunner-{name}", daemon=True)
@@ -730,7 +821,7 @@ class JobRunner:
             if pod_deleting(pod):
                 self._delete_pod(pod, grace=0)
             return pod
-        if proc.popen.poll() is not None:
+        if proc.done.is_set():
             pod = self._report_exit(pod, proc)
             if pod_deleting(pod):
                 self._delete_pod(pod, grace=0)
@@ -772,9 +863,10 @@ class JobRunner:
         try:
             if not argv:
                 raise OSError("jobrunner runs `command` + `args` and there are none (no image entrypoint here)")
-            with open(log_path, "ab") as out:
-                popen = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+            for path in (log_path, stamped_path(log_path)):
+                path.touch()
+            popen = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
         except OSError as exc:
             return self._patch_pod_status(pod, self._start_error_status(pod, started_at, str(exc)))
         grace = pod["spec"].get("terminationGracePeriodSeconds")
@@ -784,6 +876,7 @@ class JobRunner:
             termination_policy=container.get("terminationMessagePolicy") or "File",
             container=container["name"], started_at=started_at,
             grace=min(float(grace if grace is not None else 30), MAX_KILL_GRACE),
+            pump=pump_logs(popen.stdout, log_path, name) if popen.stdout else None,
         )
         with self._lock:
             self._procs[uid] = proc
@@ -793,6 +886,8 @@ class JobRunner:
     def _reap(self, proc: PodProcess) -> None:
         proc.popen.wait()
         proc.finished_at = now_rfc3339()
+        if proc.pump is not None:
+            proc.pump.join(timeout=5)  # the log is complete before the exit is reported
         proc.done.set()
         if not self._stop.is_set():
             self._queue.add(proc.job)
@@ -810,6 +905,37 @@ class JobRunner:
         work = root / "work"
         work.mkdir(parents=True, exist_ok=True)
         return work
+
+    # -- kubelet: logs ---------------------------------------------------------------------
+
+    def _log_source(self, ns: str, name: str, container: str) -> LogSource:
+        """The kubelet's getContainerLogs checks: the Pod must be on this node and have the
+        container, and the container must have started (only the first one ever does)."""
+        try:
+            pod = self._json(self.core.read_namespaced_pod, name, ns)
+        except ApiException as exc:
+            if exc.status == 404:
+                raise KubeletError(404, f'pod "{name}" does not exist') from exc
+            raise
+        if pod["spec"].get("nodeName") != self.node_name:
+            raise KubeletError(404, f'pod "{name}" does not exist')
+        specs = pod["spec"]["containers"] + (pod["spec"].get("initContainers") or [])
+        if container not in {c["name"] for c in specs}:
+            raise KubeletError(404, f'container "{container}" not found in pod "{name}"')
+        path = stamped_path(self.log_path(ns, name))
+        if container != specs[0]["name"] or not path.exists():
+            statuses = (pod.get("status") or {}).get("containerStatuses") or []
+            state = next((s.get("state") or {} for s in statuses if s.get("name") == container), {})
+            reason = (state.get("waiting") or {}).get("reason") or "ContainerCreating"
+            raise KubeletError(400, f'container "{container}" in pod "{name}" is waiting to start: {reason}')
+        uid = meta(pod)["uid"]
+
+        def running() -> bool:
+            with self._lock:
+                proc = self._procs.get(uid)
+            return proc is not None and not proc.done.is_set()
+
+        return LogSource(path, running)
 
     # -- kubelet: pod status --------------------------------------------------------------
 
@@ -1102,7 +1228,7 @@ class JobRunner:
         terminating = sum(1 for p in pods if not pod_terminal(p) and pod_deleting(p))
         succeeded, completed = self._succeeded(job, status, pods)
 
-        finishing = self._finishing_condition(job, status, succeeded, len(active))
+        finishing = self._finishing_condition(job, status, pods, succeeded, len(active))
         if finishing is not None:
             for pod in active:
                 self._delete_pod(pod)
@@ -1127,7 +1253,7 @@ class JobRunner:
         else:
             if set_condition(conds, "Suspended", "False", "JobResumed", "Job resumed"):
                 status["startTime"] = now_rfc3339()
-            active = self._manage(job, status, active, completed)
+            active = self._manage(job, status, active, completed, terminating)
         status["active"] = len(active)
         status["ready"] = sum(1 for p in active if pod_ready(p))
         status["terminating"] = terminating
@@ -1147,12 +1273,15 @@ class JobRunner:
         uncounted = status.setdefault("uncountedTerminatedPods", {})
         listed = {u for k in ("succeeded", "failed") for u in uncounted.get(k) or []}
         added = False
+        ignored: set[str] = set()  # failures a podFailurePolicy Ignore rule matched: not counted
         for pod in pods:
             uid = meta(pod)["uid"]
             if JOB_TRACKING_FINALIZER not in (meta(pod).get("finalizers") or []) or uid in listed:
                 continue
             outcome = self._finished_outcome(job, pod)
-            if outcome:
+            if outcome == "failed" and not match_pod_failure_policy(job, pod)[1]:
+                ignored.add(uid)
+            elif outcome:
                 uncounted.setdefault(outcome, []).append(uid)
                 added = True
         if added:
@@ -1160,7 +1289,7 @@ class JobRunner:
         status = copy.deepcopy(job.get("status") or {})
         uncounted = status.get("uncountedTerminatedPods") or {}
         pending = {u for k in ("succeeded", "failed") for u in uncounted.get(k) or []}
-        pods = [self._remove_finalizer(p) if meta(p)["uid"] in pending else p for p in pods]
+        pods = [self._remove_finalizer(p) if meta(p)["uid"] in pending | ignored else p for p in pods]
         still_tracked = {meta(p)["uid"] for p in pods if JOB_TRACKING_FINALIZER in (meta(p).get("finalizers") or [])}
         for outcome in ("succeeded", "failed"):
             done = [u for u in uncounted.get(outcome) or [] if u not in still_tracked]
@@ -1178,13 +1307,14 @@ class JobRunner:
     @staticmethod
     def _finished_outcome(job: Obj, pod: Obj) -> str | None:
         """isPodFailed / succeeded: a Pod deleted before it finished counts as failed, unless
-        podReplacementPolicy is Failed (then it counts once its phase says so)."""
+        podReplacementPolicy is Failed or there is a podFailurePolicy (then it counts once its
+        phase says so)."""
         phase = (pod.get("status") or {}).get("phase")
         if phase == "Succeeded":
             return "succeeded"
         if phase == "Failed":
             return "failed"
-        if pod_deleting(pod) and job["spec"].get("podReplacementPolicy") != "Failed":
+        if pod_deleting(pod) and not only_replace_failed(job):
             return "failed"
         return None
 
@@ -1202,14 +1332,22 @@ class JobRunner:
                 completed.add(index)
         return len(completed), completed
 
-    def _finishing_condition(self, job: Obj, status: Obj, succeeded: int, active: int) -> tuple[str, str, str, str] | None:
+    def _finishing_condition(
+        self, job: Obj, status: Obj, pods: list[Obj], succeeded: int, active: int
+    ) -> tuple[str, str, str, str] | None:
         """The interim condition (type, status, reason, message) the Job has reached, if any, in
-        the real controller's order: earlier decisions, backoff limit, deadline, success."""
+        the real controller's order: earlier decisions, a podFailurePolicy FailJob rule
+        (getFailJobMessage), backoff limit, deadline, success."""
         conds = status.get("conditions") or []
         for cond in conds:
             if cond.get("type") in ("SuccessCriteriaMet", "FailureTarget") and cond.get("status") == "True":
                 return cond["type"], "True", cond.get("reason", ""), cond.get("message", "")
         spec = job["spec"]
+        for pod in pods:
+            if self._finished_outcome(job, pod) == "failed":
+                message = match_pod_failure_policy(job, pod)[0]
+                if message:
+                    return "FailureTarget", "True", "PodFailurePolicy", message
         if int(status.get("failed") or 0) > int(spec.get("backoffLimit", 6)):
             return "FailureTarget", "True", "BackoffLimitExceeded", "Job has reached the specified backoff limit"
         if self._past_deadline(job, status):
@@ -1233,17 +1371,21 @@ class JobRunner:
             remaining = parse_rfc3339(status["startTime"]) + int(deadline) - time.time()
             self._queue.add((meta(job)["namespace"], meta(job)["name"]), max(remaining, 0) + 0.05)
 
-    def _manage(self, job: Obj, status: Obj, active: list[Obj], completed: set[int] | None) -> list[Obj]:
+    def _manage(
+        self, job: Obj, status: Obj, active: list[Obj], completed: set[int] | None, terminating: int
+    ) -> list[Obj]:
         """manageJob: creates missing Pods (or deletes surplus ones) to reach the wanted number of
-        active Pods; returns the active Pods."""
+        active Pods; returns the active Pods. With onlyReplaceFailedPods, terminating Pods keep
+        their place until they have failed."""
         spec = job["spec"]
         parallelism = int(spec.get("parallelism", 1))
+        held = terminating if only_replace_failed(job) else 0
         if self._in_backoff(job, status):
             return active
         if completed is not None:
             busy = {pod_index(p) for p in active}
             todo = [i for i in range(int(spec.get("completions") or 0)) if i not in completed and i not in busy]
-            for index in todo[: max(parallelism - len(active), 0)]:
+            for index in todo[: max(parallelism - held - len(active), 0)]:
                 active.append(self._create_pod(job, index))
             return [p for p in active if p]
         completions = spec.get("completions")
@@ -1255,7 +1397,7 @@ class JobRunner:
         for pod in active[want:]:
             self._delete_pod(pod)
         active = active[:want]
-        while len(active) < want:
+        while len(active) < want - held:
             pod = self._create_pod(job, None)
             if not pod:
                 break

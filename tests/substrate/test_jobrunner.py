@@ -6,15 +6,26 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
+import subprocess
 import textwrap
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
-from substrate.jobrunner import JOB_TRACKING_FINALIZER, JobRunner, format_indexes, parse_indexes
+from substrate.controlplane import ControlPlane
+from substrate.jobrunner import (
+    JOB_TRACKING_FINALIZER,
+    JobRunner,
+    format_indexes,
+    match_pod_failure_policy,
+    parse_indexes,
+)
 from substrate.kube import wait_for
 
 pytestmark = pytest.mark.cluster
@@ -310,6 +321,130 @@ def test_restarted_runner_fails_orphaned_running_pods(
     lost = next(p for p in pods_of(api, namespace, "survivor") if p["metadata"]["name"] == first["metadata"]["name"])
     assert lost["status"]["phase"] == "Failed"
     assert terminated(lost)["reason"] == "ContainerStatusUnknown"
+
+
+ATTEMPTS = """
+    import pathlib, sys
+    counter = pathlib.Path("/work/attempts")
+    n = int(counter.read_text() or 0) + 1 if counter.exists() else 1
+    counter.write_text(str(n))
+    sys.exit(CODES[n - 1])
+"""
+
+
+def make_attempts_job(api: client.ApiClient, ns: str, name: str, codes: list[int], **spec: Any) -> Obj:
+    """A Job whose n-th Pod exits with codes[n-1] (a counter on a shared claim)."""
+    return make_job(api, ns, name, f"CODES = {codes}\n" + textwrap.dedent(ATTEMPTS),
+                    container={"volumeMounts": [{"name": "work", "mountPath": "/work"}]},
+                    pod_spec={"volumes": [{"name": "work", "persistentVolumeClaim": {"claimName": name}}]}, **spec)
+
+
+def test_pod_failure_policy_fail_job(api: client.ApiClient, namespace: str, job_runner: JobRunner) -> None:
+    policy = {"rules": [{"action": "FailJob", "onExitCodes": {"operator": "In", "values": [2]}}]}
+    make_attempts_job(api, namespace, "pfp", [1, 2, 0], backoffLimit=3, podFailurePolicy=policy)
+
+    status = wait_finished(api, namespace, "pfp")
+
+    conds = conditions(status)
+    assert {"FailureTarget", "Failed"} <= set(conds) and "Complete" not in conds
+    codes = {terminated(p)["exitCode"]: p["metadata"]["name"] for p in pods_of(api, namespace, "pfp")}
+    assert sorted(codes) == [1, 2]  # 1 was retried, 2 failed the Job (creation order: same second)
+    assert conds["Failed"]["reason"] == conds["FailureTarget"]["reason"] == "PodFailurePolicy"
+    assert conds["Failed"]["message"] == (
+        f"Container main for pod {namespace}/{codes[2]} failed with exit code 2 "
+        "matching FailJob rule at index 0")
+    assert status["failed"] == 2 and not status.get("active")
+
+
+def test_pod_failure_policy_ignore(api: client.ApiClient, namespace: str, job_runner: JobRunner) -> None:
+    policy = {"rules": [{"action": "Ignore", "onExitCodes": {"containerName": "main", "operator": "In", "values": [3]}},
+                        {"action": "FailJob", "onExitCodes": {"operator": "NotIn", "values": [3]}}]}
+    make_attempts_job(api, namespace, "ign", [3, 3, 0], backoffLimit=0, podFailurePolicy=policy)
+
+    status = wait_finished(api, namespace, "ign")
+
+    assert "Complete" in conditions(status), status
+    assert not status.get("failed") and status["succeeded"] == 1
+    pods = pods_of(api, namespace, "ign")
+    assert sorted(terminated(p)["exitCode"] for p in pods) == [0, 3, 3]
+    assert all(JOB_TRACKING_FINALIZER not in (p["metadata"].get("finalizers") or []) for p in pods)
+
+
+def test_pod_failure_policy_matching() -> None:
+    def pod(code: int, container: str = "main", conds: list[Obj] | None = None) -> Obj:
+        return {"metadata": {"namespace": "ns", "name": "p"},
+                "status": {"conditions": conds or [], "containerStatuses": [
+                    {"name": container, "state": {"terminated": {"exitCode": code}}}]}}
+
+    def job(*rules: Obj) -> Obj:
+        return {"spec": {"podFailurePolicy": {"rules": list(rules)}}}
+
+    fail_42 = {"action": "FailJob", "onExitCodes": {"containerName": "main", "operator": "In", "values": [42]}}
+    assert match_pod_failure_policy(job(fail_42), pod(42)) == (
+        "Container main for pod ns/p failed with exit code 42 matching FailJob rule at index 0", True)
+    assert match_pod_failure_policy(job(fail_42), pod(42, container="side")) == (None, True)
+    not_in = {"action": "Ignore", "onExitCodes": {"operator": "NotIn", "values": [1]}}
+    assert match_pod_failure_policy(job(not_in), pod(137)) == (None, False)
+    assert match_pod_failure_policy(job(not_in), pod(1)) == (None, True)
+    disruption = {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    assert match_pod_failure_policy(job({"action": "Count", "onExitCodes": {"operator": "In", "values": [2]}},
+                                        disruption),
+                                    pod(137, conds=[{"type": "DisruptionTarget", "status": "True"}])) == (
+        "Pod ns/p has condition DisruptionTarget matching FailJob rule at index 1", True)
+    assert match_pod_failure_policy({"spec": {}}, pod(1)) == (None, True)
+
+
+def test_pod_logs_through_the_api_server(
+    api: client.ApiClient, namespace: str, job_runner: JobRunner, control_plane: ControlPlane
+) -> None:
+    core = client.CoreV1Api(api)
+    core.create_namespaced_persistent_volume_claim(namespace, {
+        "metadata": {"name": "work"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+    })
+    script = """
+        import os, sys, time
+        for i in range(3):
+            print(f"line {i}", flush=True)
+        while not os.path.exists("/work/go"):
+            time.sleep(0.05)
+        print("line 3", flush=True)
+        print("line 4", file=sys.stderr, flush=True)
+    """
+    make_job(api, namespace, "chatty", script,
+             container={"volumeMounts": [{"name": "work", "mountPath": "/work"}]},
+             pod_spec={"volumes": [{"name": "work", "persistentVolumeClaim": {"claimName": "work"}}],
+                       "containers": [{"name": "main", "image": "python:3.11-slim",
+                                       "command": ["python", "-c", textwrap.dedent(script)],
+                                       "volumeMounts": [{"name": "work", "mountPath": "/work"}]},
+                                      {"name": "side", "image": "busybox", "command": ["true"]}]})
+    name = running_pod(api, job_runner, namespace, "chatty")["metadata"]["name"]
+
+    def tail(**kwargs: Any) -> str:
+        # kubernetes-client 36 returns the repr of the bytes for `str` responses
+        # (kubernetes-client/python#2596), so read the body raw
+        resp = core.read_namespaced_pod_log(name, namespace, container="main", _preload_content=False, **kwargs)
+        return str(resp.data.decode())
+
+    wait_for(lambda: tail(tail_lines=2) == "line 1\nline 2\n", 10, "the running Pod's last 2 lines")
+    stamped = tail(timestamps=True, tail_lines=1)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z line 2\n", stamped), stamped
+    assert tail(limit_bytes=8) == "line 0\nl"
+    with pytest.raises(ApiException) as waiting:
+        core.read_namespaced_pod_log(name, namespace, container="side")
+    assert waiting.value.status == 400 and "is waiting to start: NotRunByJobRunner" in waiting.value.body
+    follow = core.read_namespaced_pod_log(name, namespace, container="main", follow=True, _preload_content=False)
+
+    (job_runner.claim_path(namespace, "work") / "go").touch()
+
+    assert follow.data.decode() == "".join(f"line {i}\n" for i in range(5))  # until the container exits
+    wait_finished(api, namespace, "chatty")
+    assert tail(tail_lines=2) == "line 3\nline 4\n"
+    if shutil.which("kubectl") is None:
+        pytest.skip("no kubectl here")
+    out = subprocess.run(["kubectl", "--kubeconfig", str(control_plane.kubeconfig), "-n", namespace, "logs", name,
+                          "-c", "main", "--tail=3"], capture_output=True, text=True, timeout=30, check=True)
+    assert out.stdout == "line 2\nline 3\nline 4\n"
 
 
 def test_index_format_round_trips() -> None:
