@@ -52,6 +52,11 @@ def runner_env() -> dict[str, str]:
     return {
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "/usr/bin:/bin")]),
         "PYTHONPATH": os.pathsep.join(str(ROOT / p) for p in ("operator/src", "workloads/src", "tests")),
+        # No model hub is reachable here: models load from local paths only.
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        # Tests that point a workload at a dead database should not wait the production 120 s.
+        "TUNERAG_DB_CONNECT_BUDGET_SECONDS": "4",
     }
 
 

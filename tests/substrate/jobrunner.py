@@ -851,8 +851,8 @@ class JobRunner:
             return self._patch_pod_status(pod, self._waiting_status(pod, err.reason, err.message))
         termination_path = root / "termination-log"
         termination_path.write_bytes(b"")
-        paths = PathMap({**mounts, container.get("terminationMessagePath") or DEFAULT_TERMINATION_PATH:
-                         termination_path})
+        paths = PathMap({**mounts, **self._mount_parents(mounts, root / "rootfs"),
+                         container.get("terminationMessagePath") or DEFAULT_TERMINATION_PATH: termination_path})
         env = {**env, **self.env_overrides, "JOBRUNNER_PATH_MAP": json.dumps({k: str(v) for k, v in paths.mapping.items()})}
         env = {k: paths(v) for k, v in env.items()}
         argv = [paths(expand_vars(a, env)) for a in (container.get("command") or []) + (container.get("args") or [])]
@@ -882,6 +882,22 @@ class JobRunner:
             self._procs[uid] = proc
         threading.Thread(target=self._reap, args=(proc,), name=f"reap-{name}", daemon=True).start()
         return self._patch_pod_status(pod, self._running_status(pod, proc))
+
+    @staticmethod
+    def _mount_parents(mounts: dict[str, Path], rootfs: Path) -> dict[str, Path]:
+        """A container sees its mounts inside one filesystem tree, so a path *above* a mount
+        (`/mnt/pvc` above `/mnt/pvc/docs`) lists them. Here each pod gets a small tree of
+        symlinks, `rootfs`, and such parent paths map into it."""
+        parents: dict[str, Path] = {}
+        for mount_path, local in mounts.items():
+            link = rootfs / mount_path.strip("/")
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if not link.exists():
+                link.symlink_to(local, target_is_directory=local.is_dir())
+            for parent in Path(mount_path).parents:
+                if str(parent) != "/" and str(parent) not in mounts:
+                    parents[str(parent)] = rootfs / str(parent).strip("/")
+        return parents
 
     def _reap(self, proc: PodProcess) -> None:
         proc.popen.wait()

