@@ -356,3 +356,26 @@ def test_spec_defaults_match_the_operator_api(base_model: Path, tmp_path: Path) 
 
     common(ours, theirs)
     assert set(ours["training"]) == set(theirs["training"]) and set(ours["gates"]) == set(theirs["gates"])
+
+
+# ----------------------------------------------------------------------------------- quantization
+
+@pytest.mark.parametrize("fmt", ["nf4", "int8"])
+def test_merge_and_quantize(base_model: Path, tmp_path: Path, fmt: str) -> None:
+    """The merged model is quantized, saved, reloaded and agrees with the unquantized merge."""
+    from transformers import AutoModelForCausalLM
+
+    spec = spec_for(base_model, tmp_path, **ff.deep_merge(HAPPY, {"training": {"maxSteps": 30},
+                                                                  "gates": {"minExactMatch": None, "maxRetentionRegression": 10.0},
+                                                                  "output": {"quantize": {"format": fmt}}}))
+    result = run_pipeline({"spec": spec})
+    q = result["quantized"]
+    assert q["format"] == fmt and q["withinTolerance"], q
+    assert q["relativeLossDelta"] <= 0.10 and q["argmaxAgreement"] >= 0.9
+    # Embeddings and the LM head stay 16-bit: a 64-wide model compresses ~1.5x (nf4) / ~1.4x (int8).
+    assert q["fp16SizeBytes"] / q["sizeBytes"] == pytest.approx(q["ratio"], rel=1e-3) and q["ratio"] > 1.2
+    folder = tmp_path / "out" / "runs" / "local" / "quantized"
+    assert verify_manifest(folder)
+    reloaded = AutoModelForCausalLM.from_pretrained(folder, device_map={"": "cpu"})
+    kinds = {type(m).__name__ for m in reloaded.modules()}
+    assert ("Linear4bit" if fmt == "nf4" else "Linear8bitLt") in kinds

@@ -129,6 +129,16 @@ def run_pipeline(request: dict[str, Any], work_dir: Path | None = None) -> dict[
         (adapter_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
         adapter_uri = run.put_folder(adapter_dir, "adapter", marker=MANIFEST)
 
+        quantized: dict[str, Any] | None = None
+        if spec.output.quantize is not None and verdict == "Validated":
+            from tunerag_workloads.finetune.quantize import merge_and_quantize
+
+            report_progress(phase="Publishing", event="quantizing", format=spec.output.quantize.format)
+            quantized = merge_and_quantize(
+                base_path=model_path, adapter_dir=adapter_dir, fmt=spec.output.quantize.format,
+                validation=data.validation, max_len=t.max_seq_length, pad_id=pad_id, store=run,
+                revision=spec.base_model.revision)
+
     result: dict[str, Any] = {
         "verdict": verdict,
         "runId": run_id,
@@ -145,7 +155,10 @@ def run_pipeline(request: dict[str, Any], work_dir: Path | None = None) -> dict[
         "resumedFromStep": outcome.resumed_from_step,
         "reportUri": run.uri_of("report.json"),
     }
-    full = {**result, "dataReports": data_reports, "dataReportUri": run.uri_of("data-report.json"),
+    if quantized is not None:
+        result["quantized"] = {k: quantized[k] for k in ("uri", "format", "sha256", "sizeBytes", "fp16SizeBytes", "ratio",
+                                                         "relativeLossDelta", "argmaxAgreement", "withinTolerance")}
+    full = {**result, "quantizedDetails": quantized, "dataReports": data_reports, "dataReportUri": run.uri_of("data-report.json"),
             "timings": {"trainSeconds": round(outcome.train_seconds, 3), "totalSeconds": round(time.monotonic() - started, 3)},
             "tokens": {"real": outcome.real_tokens, "padded": outcome.padded_tokens}}
     run.write_json("report.json", full)
