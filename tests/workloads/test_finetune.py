@@ -379,3 +379,36 @@ def test_merge_and_quantize(base_model: Path, tmp_path: Path, fmt: str) -> None:
     reloaded = AutoModelForCausalLM.from_pretrained(folder, device_map={"": "cpu"})
     kinds = {type(m).__name__ for m in reloaded.modules()}
     assert ("Linear4bit" if fmt == "nf4" else "Linear8bitLt") in kinds
+
+
+# ---------------------------------------------------------------------------------- distributed
+
+def test_two_processes_gloo_match_one_process_with_accumulation(base_model: Path, tmp_path: Path) -> None:
+    """resources.gpus=2 re-launches under torchrun (gloo on CPU). Two ranks with accumulation 1 see the
+    micro-batches one process sees with accumulation 2, and the gradient is the same global token
+    mean, so the adapters agree to float tolerance; only rank 0 reports and publishes."""
+    from safetensors.torch import load_file
+
+    over = ff.deep_merge(HAPPY, {"training": {"maxSteps": 8, "checkpointInterval": 4, "batchSize": 2}})
+    spec2 = spec_for(base_model, tmp_path / "two", **ff.deep_merge(over, {"resources": {"gpus": 2}}))
+    (tmp_path / "spec.json").write_text(json.dumps({"namespace": "ns", "name": "ddp", "generation": 1, "spec": spec2}))
+    result_file = tmp_path / "result.json"
+    done = subprocess.run([sys.executable, "-m", "tunerag_workloads.finetune", str(tmp_path / "spec.json")],
+                          capture_output=True, text=True, env=env(TUNERAG_RESULT_PATH=str(result_file)), timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    two = json.loads(result_file.read_text())
+    assert two["ok"] and two["steps"] == 8
+    steps = [p["step"] for p in map(_progress, done.stdout.splitlines()) if p and "loss" in p]
+    assert steps == list(range(1, 9))  # one progress stream (rank 0), not two
+    state = json.loads((tmp_path / "two/out/runs/ns-ddp-g1/checkpoints/step-8/state.json").read_text())
+    assert state["worldSize"] == 2 and state["microBatch"] == 16
+    assert len(torch.load(tmp_path / "two/out/runs/ns-ddp-g1/checkpoints/step-8/rng.pt", weights_only=False)) == 2
+
+    one = run_pipeline({"spec": spec_for(base_model, tmp_path / "one",
+                                         **ff.deep_merge(over, {"training": {"gradientAccumulation": 2}}))})
+    wa = load_file(str(tmp_path / "two/out/runs/ns-ddp-g1/adapter/adapter_model.safetensors"))
+    wb = load_file(str(tmp_path / "one/out/runs/local/adapter/adapter_model.safetensors"))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], atol=1e-5, rtol=1e-4), k
+    assert two["metrics"]["validationLoss"] == pytest.approx(one["metrics"]["validationLoss"], rel=1e-4)

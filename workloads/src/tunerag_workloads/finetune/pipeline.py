@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from tunerag_workloads.contract import WorkloadError, report_progress
-from tunerag_workloads.finetune import evaluate
+from tunerag_workloads.finetune import distributed, evaluate
 from tunerag_workloads.finetune.data import prepare_all
 from tunerag_workloads.finetune.publish import MANIFEST, build_manifest, model_card
 from tunerag_workloads.finetune.spec import FineTuneSpec, parse_spec
@@ -37,9 +37,9 @@ EVAL_BATCH = 8
 
 
 def run_id_for(request: dict[str, Any]) -> str:
-    env = os.environ.get("TUNERAG_RUN_ID")
+    env = os.environ.get("TUNERAG_RUN_ID") or request.get("runId")
     if env:
-        return env
+        return str(env)
     if request.get("name"):
         return f"{request.get('namespace', 'default')}-{request['name']}-g{request.get('generation', 0)}"
     return "local"
@@ -73,13 +73,16 @@ def run_pipeline(request: dict[str, Any], work_dir: Path | None = None) -> dict[
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
         tmp_dir = Path(tmp)
 
-        report_progress(phase="ValidatingData")
+        lead = distributed.world()[0] == 0
+        if lead:
+            report_progress(phase="ValidatingData")
         model_path = resolve_model_path(spec.base_model.uri, tmp_dir)
         tokenizer = load_tokenizer(model_path, spec.base_model.revision)
         data = prepare_all(spec, tokenizer)
         data_reports = {k: r.summary() for k, r in data.reports.items()}
         run.write_json("data-report.json", {k: r.full() for k, r in data.reports.items()})
-        report_progress(phase="ValidatingData", dataReport=data.summary())
+        if lead:
+            report_progress(phase="ValidatingData", dataReport=data.summary())
 
         loaded = load_model(spec, model_path)
         model, dev = loaded.model, loaded.device
@@ -88,8 +91,13 @@ def run_pipeline(request: dict[str, Any], work_dir: Path | None = None) -> dict[
         t = spec.training
         eval_kw = {"max_len": t.max_seq_length, "batch_size": EVAL_BATCH, "pad_id": pad_id, "autocast": autocast}
 
-        report_progress(phase="Training")
+        rank = distributed.world()[0]
+        if lead:
+            report_progress(phase="Training")
         outcome = train(spec, loaded, data.train, run, pad_id)
+        distributed.finish()
+        if rank != 0:  # rank 0 evaluates and publishes
+            return {"rank": rank, "steps": outcome.steps}
 
         report_progress(phase="Evaluating")
         metrics: dict[str, float | None] = {}
@@ -182,4 +190,16 @@ def shrink(result: dict[str, Any], limit: int = 3800) -> dict[str, Any]:
 
 
 def finetune_main(request: dict[str, Any]) -> dict[str, Any]:
+    """The CLI's entry: under torchrun, one rank of the pipeline; with resources.gpus > 1 outside
+    torchrun, a torchrun launcher; otherwise the whole pipeline in this process."""
+    if distributed.in_torchrun():
+        distributed.init()
+        rank = distributed.world()[0]
+        if rank != 0:  # only rank 0's result is the termination message
+            os.environ["TUNERAG_RESULT_PATH"] = os.environ.get("TUNERAG_RESULT_PATH", "/tmp/result") + f".rank{rank}"
+        return run_pipeline(request)
+    gpus = parse_spec(request.get("spec", request)).resources.gpus
+    if gpus > 1:
+        request = {**request, "runId": run_id_for(request)}
+        return distributed.launch(request, gpus)
     return run_pipeline(request)

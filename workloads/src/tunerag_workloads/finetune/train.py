@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from tunerag_workloads.contract import WorkloadError, report_progress, resolve_uri
+from tunerag_workloads.finetune import distributed
 from tunerag_workloads.finetune.data import Example
 from tunerag_workloads.finetune.spec import FineTuneSpec
 from tunerag_workloads.finetune.storage import Store
@@ -287,24 +288,30 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(store: Store, model: Any, optimizer: Any, scheduler: Any, state: dict[str, Any]) -> str:
+def save_checkpoint(store: Store, model: Any, optimizer: Any, scheduler: Any, state: dict[str, Any]) -> str | None:
+    """Rank 0 writes; every rank's RNG state goes in (a list, one per rank)."""
     import json
 
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
+    rng = distributed.gather_object(rng_state())
+    if distributed.world()[0] != 0:
+        distributed.barrier()
+        return None
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         weights = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
         save_file(weights, str(d / "adapter_model.safetensors"))
         torch.save(optimizer.state_dict(), d / "optimizer.pt")
         torch.save(scheduler.state_dict(), d / "scheduler.pt")
-        torch.save(rng_state(), d / "rng.pt")
+        torch.save(rng, d / "rng.pt")
         (d / CHECKPOINT_MARKER).write_text(json.dumps(state, indent=2))
         uri = store.put_folder(d, f"checkpoints/step-{state['step']}", marker=CHECKPOINT_MARKER)
     complete = sorted(s for s in (latest_steps(store)) if s != state["step"])
     for old in complete[:-(KEEP_CHECKPOINTS - 1)] if KEEP_CHECKPOINTS > 1 else complete:
         store.remove(f"checkpoints/step-{old}")
+    distributed.barrier()
     return uri
 
 
@@ -323,7 +330,10 @@ def load_checkpoint(store: Store, step: int, model: Any, optimizer: Any, schedul
         set_peft_model_state_dict(model, load_file(str(d / "adapter_model.safetensors")))
         optimizer.load_state_dict(torch.load(d / "optimizer.pt", weights_only=False))
         scheduler.load_state_dict(torch.load(d / "scheduler.pt", weights_only=False))
-        set_rng_state(torch.load(d / "rng.pt", weights_only=False))
+        rng = torch.load(d / "rng.pt", weights_only=False)
+        rank, size = distributed.world()
+        if len(rng) == size:  # the same world size as when saved: restore each rank's stream
+            set_rng_state(rng[rank])
         state: dict[str, Any] = json.loads((d / CHECKPOINT_MARKER).read_text())
     return state
 
@@ -347,7 +357,8 @@ def plan_total_steps(spec: FineTuneSpec, examples: list[Example]) -> int:
     if t.max_steps:
         return t.max_steps
     per_epoch = len(micro_batches(examples, t.batch_size, t.max_seq_length, t.packing, t.seed, 0))
-    return max(1, math.ceil((t.epochs or 1.0) * per_epoch / t.gradient_accumulation))
+    per_step = t.gradient_accumulation * distributed.world()[1]
+    return max(1, math.ceil((t.epochs or 1.0) * per_epoch / per_step))
 
 
 def train(spec: FineTuneSpec, loaded: LoadedModel, examples: list[Example], store: Store, pad_id: int,
@@ -370,7 +381,8 @@ def train(spec: FineTuneSpec, loaded: LoadedModel, examples: list[Example], stor
     if resumed is not None:
         state = load_checkpoint(store, resumed, model, optimizer, scheduler)
         step, cursor = state["step"], state["microBatch"]
-        report_progress(phase="Training", event="resumed", step=step, totalSteps=total)
+        if distributed.world()[0] == 0:
+            report_progress(phase="Training", event="resumed", step=step, totalSteps=total)
 
     epoch_cache: dict[int, list[list[list[int]]]] = {}
 
@@ -393,28 +405,40 @@ def train(spec: FineTuneSpec, loaded: LoadedModel, examples: list[Example], stor
     last_loss: float | None = None
     tps: float | None = None
     first_step = step
+    rank, world = distributed.world()
+    per_step = t.gradient_accumulation * world
     model.train()
     while step < total:
-        batches = [batch_at(cursor + k) for k in range(t.gradient_accumulation)]
-        targets = sum(b.target_tokens for b in batches)
+        # Rank r takes micro-batches cursor + k*world + r: the same set as one process with
+        # gradientAccumulation * world, and the loss is normalised by the step's global token count.
+        batches = [batch_at(cursor + k * world + rank) for k in range(t.gradient_accumulation)]
+        local = torch.tensor([float(sum(b.target_tokens for b in batches))])
+        targets = float(distributed.all_reduce_(local)[0])
         step_loss = 0.0
+        real = padded = 0
         for b in batches:
-            if targets == 0:
+            real += b.real_tokens
+            padded += b.input_ids.numel()
+            if b.target_tokens == 0:
                 continue
             loss = loss_sum(model, b, dev, autocast) / targets
             loss.backward()
             step_loss += float(loss.detach())
-            real_total += b.real_tokens
-            padded_total += b.input_ids.numel()
-            window_tokens += b.real_tokens
+        if world > 1:
+            distributed.all_reduce_grads(params)
+            summed = distributed.all_reduce_(torch.tensor([step_loss, real, padded], dtype=torch.float64)).tolist()
+            step_loss, real, padded = summed[0], int(summed[1]), int(summed[2])
+        real_total += real
+        padded_total += padded
+        window_tokens += real
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        cursor += t.gradient_accumulation
+        cursor += per_step
         step += 1
         last_loss = step_loss
-        if step % every == 0 or step == total:
+        if rank == 0 and (step % every == 0 or step == total):
             now = time.monotonic()
             tps = window_tokens / max(now - window_start, 1e-9)
             eta = (now - start) / (step - first_step) * (total - step)
@@ -424,8 +448,10 @@ def train(spec: FineTuneSpec, loaded: LoadedModel, examples: list[Example], stor
             window_start, window_tokens = now, 0
         if step % t.checkpoint_interval == 0 or step == total:
             uri = save_checkpoint(store, model, optimizer, scheduler,
-                                  {"step": step, "microBatch": cursor, "totalSteps": total, "loss": step_loss})
-            report_progress(phase="Training", event="checkpoint", step=step, totalSteps=total, uri=uri)
+                                  {"step": step, "microBatch": cursor, "totalSteps": total, "loss": step_loss,
+                                   "worldSize": world})
+            if rank == 0:
+                report_progress(phase="Training", event="checkpoint", step=step, totalSteps=total, uri=uri)
         if on_step is not None:
             on_step(step)
     elapsed = time.monotonic() - start
