@@ -24,7 +24,8 @@ from tunerag_operator.config import OperatorConfig
 from tunerag_operator.references import PROBLEM_REASONS, Problem
 
 Reconciler = Callable[[Any, str], list[Problem]]
-# Acts on an accepted spec (starts a run, for instance) and returns status fields to set.
+# Acts on an accepted spec (starts a run, for instance) and returns status fields to set; the
+# optional key "ready" holds (status, reason, message) for the Ready condition.
 Actor = Callable[[Any, kopf.Body, OperatorConfig], dict[str, Any]]
 DEFAULT_RETRY_DELAY = 15.0
 
@@ -81,6 +82,9 @@ def reconcile(
         if act is not None:
             updates = act(spec, body, config)
             phase = updates.pop("phase", phase)
+            if ready_update := updates.pop("ready", None):
+                ready_status, ready_reason, ready_message = ready_update
+                conds = set_condition(conds, "Ready", ready_status, ready_reason, ready_message, generation)
             for key, value in updates.items():
                 patch.status[key] = value
     finally:

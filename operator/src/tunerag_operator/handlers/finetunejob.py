@@ -19,8 +19,6 @@ from tunerag_operator.render.workload import Owner, WorkloadRun, run_name
 from tunerag_operator.runstate import RunState
 
 ACTIVE = ("Pending", "ValidatingData", "Training", "Evaluating", "Publishing")
-STAGES = {"validate": "ValidatingData", "train": "Training", "evaluate": "Evaluating", "quantize": "Publishing",
-          "publish": "Publishing"}
 
 
 def _uris(spec: FineTuneJobSpec) -> list[tuple[str, str]]:
@@ -121,8 +119,8 @@ def report_progress(namespace: str | None, status: kopf.Status, patch: kopf.Patc
         return
     patch.status["progress"] = {k: record[k] for k in ("step", "totalSteps", "loss", "tokensPerSecond", "etaSeconds")
                                 if record.get(k) is not None}
-    if (stage := STAGES.get(str(record.get("stage")))) and stage != status.get("phase"):
-        patch.status["phase"] = stage
+    if (phase := record.get("phase")) in ACTIVE and phase != status.get("phase"):
+        patch.status["phase"] = phase
 
 
 register(FINETUNEJOB, check, initial_phase="Pending", act=start_run)

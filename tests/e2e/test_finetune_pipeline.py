@@ -1,0 +1,110 @@
+"""A FineTuneJob end to end on CPU: the operator runs the training Job through the harness, the
+status follows it, and the result is registered as an AdapterVersion that loads with peft."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+
+from substrate.jobrunner import JobRunner
+from substrate.kube import wait_for
+from substrate.operatorproc import OperatorProcess
+from tunerag_operator.api.common import GROUP, VERSION
+from workloads import finetune_fixtures as ff
+
+GOOD = {"training": {"learningRate": 1e-3, "maxSteps": 60},
+        "gates": {"minExactMatch": 0.3, "maxValidationLoss": 1.5, "maxRetentionRegression": 3.0}}
+OVERFIT = ff.deep_merge(GOOD, {"training": {"learningRate": 3e-2, "maxSteps": 80, "warmupRatio": 0.0, "scheduler": "constant"}})
+
+
+def _get(api: client.ApiClient, namespace: str, plural: str, name: str) -> dict[str, Any]:
+    return client.CustomObjectsApi(api).get_namespaced_custom_object(  # type: ignore[no-any-return]
+        GROUP, VERSION, namespace, plural, name
+    )
+
+
+def _run(api: client.ApiClient, namespace: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    client.CustomObjectsApi(api).create_namespaced_custom_object(GROUP, VERSION, namespace, "finetunejobs", {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "FineTuneJob", "metadata": {"name": name}, "spec": spec,
+    })
+    seen: set[str] = set()
+
+    def finished() -> dict[str, Any] | None:
+        obj = _get(api, namespace, "finetunejobs", name)
+        phase = (obj.get("status") or {}).get("phase")
+        seen.add(str(phase))
+        return obj if phase in ("Succeeded", "Rejected", "Failed") else None
+
+    obj = wait_for(finished, 420, f"FineTuneJob {name} to finish", interval=0.5)
+    obj["seenPhases"] = seen
+    return obj
+
+
+def test_finetunejob_trains_validates_and_registers(
+    operator: OperatorProcess, job_runner: JobRunner, api: client.ApiClient, namespace: str, tmp_path: Path
+) -> None:
+    spec = ff.base_spec(ff.cached_model(), tmp_path / "data", tmp_path / "out", **GOOD)
+    obj = _run(api, namespace, "colors-1", spec)
+    status = obj["status"]
+    assert status["phase"] == "Succeeded", status
+    assert "Training" in obj["seenPhases"]  # progress was read from the running pod's log
+    assert status["adapterVersion"] == "colors-v1"
+    assert status["dataReport"]["rowsKept"] == 200 and status["dataReport"]["digest"]
+    metrics = status["metrics"]
+    assert metrics["exactMatch"] > metrics["baseExactMatch"]
+    assert status["progress"]["step"] > 0
+
+    av = _get(api, namespace, "adapterversions", "colors-v1")
+    assert av["spec"]["family"] == "colors" and av["spec"]["version"] == 1
+    assert av["spec"]["lineage"]["fineTuneJob"] == "colors-1"
+    assert av["spec"]["lineage"]["datasetDigests"]["train"] == status["dataReport"]["digest"]
+    assert av["metadata"]["labels"]["tunerag.dev/fine-tune-job-uid"] == obj["metadata"]["uid"]
+    assert "ownerReferences" not in av["metadata"]  # the registry outlives the run
+    wait_for(lambda: _get(api, namespace, "adapterversions", "colors-v1").get("status", {}).get("phase") == "Validated",
+             30, "AdapterVersion Validated")
+
+    # The artifact on disk is what the registry says, and it loads with peft onto the base.
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from tunerag_workloads.contract import resolve_uri
+    from tunerag_workloads.finetune.publish import build_manifest, verify_manifest
+
+    adapter_dir = Path(resolve_uri(av["spec"]["artifact"]["uri"]))
+    assert verify_manifest(adapter_dir)
+    assert build_manifest(adapter_dir)["sha256"] == av["spec"]["artifact"]["sha256"]
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(ff.cached_model())), str(adapter_dir))
+
+    events = [e for e in client.CoreV1Api(api).list_namespaced_event(namespace).items if e.involved_object.name == "colors-1"]
+    assert any(e.reason == "Succeeded" and "colors-v1" in e.message for e in events)
+
+
+def test_forgetting_gate_rejects_and_registers_as_rejected(
+    operator: OperatorProcess, job_runner: JobRunner, api: client.ApiClient, namespace: str, tmp_path: Path
+) -> None:
+    spec = ff.base_spec(ff.cached_model(), tmp_path / "data", tmp_path / "out", **OVERFIT)
+    obj = _run(api, namespace, "colors-overfit", spec)
+    status = obj["status"]
+    assert status["phase"] == "Rejected", status
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "GateFailed" and "maxRetentionRegression" in ready["message"]
+    assert status["metrics"]["retentionRegression"] > 3.0
+    av = wait_for(lambda: (a := _get(api, namespace, "adapterversions", status["adapterVersion"]))
+                  .get("status", {}).get("phase") == "Rejected" and a, 30, "AdapterVersion Rejected")
+    assert av["spec"]["version"] == 1
+
+
+def test_too_few_rows_fails_once_with_the_reason(
+    operator: OperatorProcess, job_runner: JobRunner, api: client.ApiClient, namespace: str, tmp_path: Path
+) -> None:
+    spec = ff.base_spec(ff.cached_model(), tmp_path / "data", tmp_path / "out",
+                        dataset={"rules": {"minRows": 5000}}, **GOOD)
+    obj = _run(api, namespace, "colors-small", spec)
+    status = obj["status"]
+    assert status["phase"] == "Failed"
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "InsufficientData" and "5000" in ready["message"]
+    assert "adapterVersion" not in status  # nothing half-registered
+    assert client.CustomObjectsApi(api).list_namespaced_custom_object(GROUP, VERSION, namespace, "adapterversions")["items"] == []
