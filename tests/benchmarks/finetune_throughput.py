@@ -125,7 +125,8 @@ def run_trainer(model_dir: Path, data: list[Example], steps: int, batch: int) ->
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(output_dir=tmp, max_steps=steps, per_device_train_batch_size=batch, learning_rate=1e-4,
                                  logging_steps=10**6, save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(),
-                                 dataloader_num_workers=0, seed=0, disable_tqdm=True)
+                                 dataloader_num_workers=0, seed=0, disable_tqdm=True,
+                                 bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported())
         trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=counting, callbacks=[Count()])
         start = time.monotonic()
         trainer.train()
@@ -135,16 +136,19 @@ def run_trainer(model_dir: Path, data: list[Example], steps: int, batch: int) ->
 
 
 def peak_rss(model_dir: Path, method: str, steps: int) -> float:
-    """Growth of peak RSS while loading and training (imports excluded), MiB, in a fresh process."""
+    """Peak GPU memory (torch.cuda.max_memory_allocated) on a GPU, else the growth of peak RSS while
+    loading and training (imports excluded), MiB, in a fresh process."""
     code = (f"import sys, resource, torch; torch.set_num_threads(1); sys.path[:0] = {sys.path!r};"
             "from finetune_throughput import run_workload, examples; from pathlib import Path;"
             "import bitsandbytes, peft, transformers; data = examples(64);"
             "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
             f"run_workload(Path({str(model_dir)!r}), data, {steps}, 2, {method!r});"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)")
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before,"
+            " torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).parent)
-    return int(out.stdout.strip().splitlines()[-1]) / 1024
+    rss_kib, cuda_bytes = (int(v) for v in out.stdout.strip().splitlines()[-1].split())
+    return round(cuda_bytes / 2**20 if cuda_bytes else rss_kib / 1024, 1)
 
 
 def main() -> None:
@@ -178,7 +182,7 @@ def main() -> None:
         except ImportError:
             summary["trl"] = "not installed (not in the dev lock): SFTTrainer not measured"
         if args.memory:
-            summary["peakRssGrowthMiB"] = {m: round(peak_rss(model_dir, m, 4), 1) for m in ("lora", "qlora")}
+            summary["peakMemoryMiB (cuda max allocated, else RSS growth)"] = {m: peak_rss(model_dir, m, 4) for m in ("lora", "qlora")}
         if args.quantize:
             summary["nf4"] = quantize_ratio(model_dir, data[:32])
         print(json.dumps(summary), flush=True)
