@@ -200,6 +200,7 @@ def test_resume_replays_exactly(base_model: Path, tmp_path: Path) -> None:
     wa = (tmp_path / "a/out/runs/local/adapter/adapter_model.safetensors").read_bytes()
     wb = (tmp_path / "b/out/runs/local/adapter/adapter_model.safetensors").read_bytes()
     assert wa == wb
+    assert sorted(p.name for p in b_ckpts.iterdir()) == ["step-10", "step-20"]  # the stale temp folder is gone
     assert a["metrics"]["validationLoss"] == b["metrics"]["validationLoss"]
 
 
@@ -327,6 +328,18 @@ def test_unknown_target_modules(base_model: Path, tmp_path: Path) -> None:
     assert "query_key_value" in err.value.message and "v_proj" in err.value.message and "down_proj" in err.value.message
     assert _no_adapter(tmp_path)
     assert not (tmp_path / "out" / "runs" / "local" / "checkpoints").exists()
+
+
+def test_unreachable_artifact_store_fails_first(base_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An s3:// output whose endpoint refuses connections fails before any data is read or trained."""
+    import fsspec.config
+
+    monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": "http://127.0.0.1:9", "key": "k", "secret": "s",
+                                                   "config_kwargs": {"retries": {"max_attempts": 1}}})
+    spec = spec_for(base_model, tmp_path, output={"uri": "s3://artifacts/tunerag"})
+    with pytest.raises(WorkloadError) as err:
+        run_pipeline({"spec": spec})
+    assert err.value.reason == "ArtifactStoreUnreachable" and "s3://artifacts/tunerag" in err.value.message
 
 
 def test_cli_failure_is_a_termination_message(base_model: Path, tmp_path: Path) -> None:

@@ -377,6 +377,10 @@ def train(spec: FineTuneSpec, loaded: LoadedModel, examples: list[Example], stor
     random.seed(t.seed)
     torch.manual_seed(t.seed)
     step, cursor = 0, 0  # optimizer steps done; micro-batches consumed
+    if distributed.world()[0] == 0:  # folders of checkpoint writes that a killed pod left behind
+        for name in store.list_dirs("checkpoints"):
+            if ".tmp-" in name or ".old-" in name:
+                store.remove(f"checkpoints/{name}")
     resumed = latest_checkpoint(store)
     if resumed is not None:
         state = load_checkpoint(store, resumed, model, optimizer, scheduler)
@@ -384,17 +388,23 @@ def train(spec: FineTuneSpec, loaded: LoadedModel, examples: list[Example], stor
         if distributed.world()[0] == 0:
             report_progress(phase="Training", event="resumed", step=step, totalSteps=total)
 
-    epoch_cache: dict[int, list[list[list[int]]]] = {}
+    plans: dict[int, list[list[list[int]]]] = {}  # the epochs in use (at most two kept)
+    sizes: dict[int, int] = {}  # micro-batches per epoch (packing varies slightly by epoch)
+
+    def plan(epoch: int) -> list[list[list[int]]]:
+        if epoch not in plans:
+            for old in [e for e in plans if e < epoch - 1]:
+                del plans[old]
+            plans[epoch] = micro_batches(examples, t.batch_size, t.max_seq_length, t.packing, t.seed, epoch)
+            sizes[epoch] = len(plans[epoch])
+        return plans[epoch]
 
     def batch_at(index: int) -> Batch:
         epoch = 0
         while True:
-            if epoch not in epoch_cache:
-                epoch_cache.clear() if len(epoch_cache) > 2 else None
-                epoch_cache[epoch] = micro_batches(examples, t.batch_size, t.max_seq_length, t.packing, t.seed, epoch)
-            n = len(epoch_cache[epoch])
+            n = sizes[epoch] if epoch in sizes else len(plan(epoch))
             if index < n:
-                return collate(examples, epoch_cache[epoch][index], pad_id)
+                return collate(examples, plan(epoch)[index], pad_id)
             index -= n
             epoch += 1
 
