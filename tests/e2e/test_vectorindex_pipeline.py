@@ -119,3 +119,59 @@ def test_unreachable_database_fails_with_a_clear_reason(
     assert len(pods) == 1
     events = [e for e in client.CoreV1Api(api).list_namespaced_event(namespace).items if e.reason == "DatabaseUnreachable"]
     assert events and all("s3cr3t" not in e.message for e in events)
+
+
+def _gone(api: client.ApiClient, namespace: str, name: str) -> bool:
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        _vectorindex(api, namespace, name)
+    except ApiException as exc:
+        return exc.status == 404
+    return False
+
+
+def _relations(db_uri: str) -> set[str]:
+    import psycopg
+
+    with psycopg.connect(db_uri) as conn:
+        rows = conn.execute("SELECT relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                            "WHERE n.nspname = 'public' AND relname LIKE 'handbook%'").fetchall()
+    return {r[0] for r in rows}
+
+
+def test_deletion_policy_decides_what_happens_to_the_tables(
+    operator: OperatorProcess, job_runner: JobRunner, api: client.ApiClient, namespace: str, pg_database: str
+) -> None:
+    _prepare(api, job_runner, namespace, pg_database)
+    custom = client.CustomObjectsApi(api)
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "vectorindexes", {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "VectorIndex", "metadata": {"name": "handbook"},
+        "spec": _spec(deletionPolicy="Delete"),
+    })
+    _phase(api, namespace, "handbook", "Ready")
+    assert {"handbook", "handbook_versions", "handbook_documents"} <= _relations(pg_database)
+    assert "tunerag.dev/finalizer" in _vectorindex(api, namespace, "handbook")["metadata"]["finalizers"]
+    custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "vectorindexes", "handbook")
+    wait_for(lambda: _gone(api, namespace, "handbook"), 120, "the VectorIndex to be deleted", interval=0.5)
+    assert _relations(pg_database) == set()
+    events = [e.reason for e in client.CoreV1Api(api).list_namespaced_event(namespace).items]
+    assert "TablesDropped" in events
+
+
+def test_deletion_with_an_unreachable_database_does_not_hang(
+    operator: OperatorProcess, job_runner: JobRunner, api: client.ApiClient, namespace: str
+) -> None:
+    _prepare(api, job_runner, namespace, "postgresql://indexer:s3cr3t@127.0.0.1:9/nowhere")
+    custom = client.CustomObjectsApi(api)
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "vectorindexes", {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "VectorIndex", "metadata": {"name": "handbook"},
+        "spec": _spec(deletionPolicy="Delete"),
+    })
+    _phase(api, namespace, "handbook", "Failed")
+    custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "vectorindexes", "handbook")
+    wait_for(lambda: _gone(api, namespace, "handbook"), 180, "the VectorIndex to be released", interval=0.5)
+    warnings = [e for e in client.CoreV1Api(api).list_namespaced_event(namespace).items if e.reason == "TablesLeftBehind"]
+    assert warnings and "public.handbook" in warnings[0].message and "s3cr3t" not in warnings[0].message
+    drops = [j.metadata.name for j in client.BatchV1Api(api).list_namespaced_job(namespace).items if "-drop" in j.metadata.name]
+    assert sorted(drops) == ["handbook-drop1", "handbook-drop2", "handbook-drop3"]

@@ -36,7 +36,13 @@ def start(run: WorkloadRun) -> str:
     """Creates the run's ConfigMap and Job unless they exist; returns the Job's name."""
     kubeapi.create_if_absent(config_map(run))
     kubeapi.create_if_absent(job(run))
-    return run_name(run.owner)
+    return run_name(run.owner, run.suffix)
+
+
+def state(namespace: str, job_name: str) -> RunState | None:
+    """The run's state now, or None when its Job does not exist."""
+    found = kubeapi.get_job(namespace, job_name)
+    return None if found is None else runstate.interpret(found, kubeapi.job_pods(namespace, job_name))
 
 
 def progress(namespace: str, job_name: str) -> dict[str, Any] | None:

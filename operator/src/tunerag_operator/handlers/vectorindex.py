@@ -7,6 +7,7 @@ from typing import Any
 import kopf
 
 from tunerag_operator import events, kubeapi, references
+from tunerag_operator.api.common import GROUP, VERSION
 from tunerag_operator.api.kinds import VECTORINDEX
 from tunerag_operator.api.vectorindex import VectorIndexSpec
 from tunerag_operator.conditions import now, set_condition
@@ -28,11 +29,13 @@ def check(spec: VectorIndexSpec, namespace: str) -> list[Problem]:
     return problems
 
 
-def workload_run(spec: VectorIndexSpec, owner: Owner, image: str) -> WorkloadRun:
+def workload_run(spec: VectorIndexSpec, owner: Owner, image: str, *, drop_attempt: int | None = None) -> WorkloadRun:
+    drop = drop_attempt is not None
     claims = (spec.source.uri.removeprefix("pvc://").split("/", 1)[0],) if spec.source.uri and spec.source.uri.startswith("pvc://") else ()
     ref = spec.store.connection_secret
     return WorkloadRun(
-        owner=owner, component="index", module="tunerag_workloads.index",
+        owner=owner, component="index", module="tunerag_workloads.index.drop" if drop else "tunerag_workloads.index",
+        suffix=f"drop{drop_attempt}" if drop else "", backoff_limit=0 if drop else 3,
         spec=spec.model_dump(mode="json", exclude_none=True), image=spec.resources.image or image,
         resources=spec.resources, claims=claims,
         env=({"name": "TUNERAG_DB_URI", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}},),
@@ -89,6 +92,47 @@ def observe_run(namespace: str, name: str, job_name: str, state: RunState) -> No
         events.info(obj, "Indexed", conds[-1]["message"] if conds else "")
     elif update["phase"] == "Failed":
         events.warn(obj, state.reason, state.message)
+
+
+DROP_ATTEMPTS = 3
+
+
+def _deletes_tables(spec: kopf.Spec, **_: Any) -> bool:
+    return bool((spec.get("store") or {}).get("deletionPolicy") == "Delete")
+
+
+@kopf.on.delete(GROUP, VERSION, VECTORINDEX.plural, id="drop-tables", when=_deletes_tables, retries=None)
+def drop_tables(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, **_: Any) -> None:
+    """deletionPolicy: Delete. A Job drops the index's tables; the finalizer goes once it succeeded.
+    A database that stays unreachable does not hold the VectorIndex forever: after DROP_ATTEMPTS
+    failed Jobs (`<name>-drop<n>`, counted from the Jobs themselves, so an operator restart
+    neither repeats nor skips one) the VectorIndex is released and a Warning names what was left."""
+    spec = VectorIndexSpec.model_validate(dict(body.spec))
+    config = memo.get("config") or OperatorConfig.defaults()
+    owner = Owner(VECTORINDEX.kind, body.meta["name"], body.meta["namespace"], body.meta["uid"], body.meta["generation"])
+    target = f"{spec.store.schema_}.{spec.store.table}"
+    last: RunState | None = None
+    for attempt in range(1, DROP_ATTEMPTS + 1):
+        run = workload_run(spec, owner, config.workloads_image, drop_attempt=attempt)
+        current = runs.state(owner.namespace, run_name(owner, run.suffix))
+        if current is None:
+            runs.start(run)
+            raise kopf.TemporaryError(f"started drop attempt {attempt}", delay=2)
+        if current.phase in ("Pending", "Running"):
+            raise kopf.TemporaryError(f"waiting for drop attempt {attempt}", delay=2)
+        if current.phase == "Succeeded":
+            kopf.info(body, reason="TablesDropped", message=f"Dropped {target} and its versions (deletionPolicy: Delete).")
+            return
+        last = current
+        if attempt < DROP_ATTEMPTS:
+            patch.status["conditions"] = set_condition(
+                body.status.get("conditions") or [], "Ready", "False", current.reason,
+                f"Deleting: could not drop {target} ({current.message}); attempt {attempt} of {DROP_ATTEMPTS} failed.",
+                owner.generation)
+    assert last is not None
+    kopf.warn(body, reason="TablesLeftBehind",
+              message=f"Could not drop {target} after {DROP_ATTEMPTS} attempts ({last.reason}: {last.message}); "
+                      f"the VectorIndex is deleted and the tables are left in place: drop them by hand.")
 
 
 register(VECTORINDEX, check, initial_phase="Pending", act=start_run)

@@ -46,10 +46,14 @@ class WorkloadRun:
     backoff_limit: int = 3
     active_deadline_seconds: int | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    suffix: str = ""  # names a run that belongs to no generation ("drop1"): `<name>-<suffix>`
 
 
-def run_name(owner: Owner) -> str:
-    return f"{owner.name}-g{owner.generation}"
+def run_name(owner: Owner, suffix: str = "") -> str:
+    """`<name>-g<generation>` for a generation's run; `<name>-<suffix>` for other runs (the API
+    server bumps a custom resource's generation when its deletion starts, so a cleanup run must
+    not be named by generation)."""
+    return f"{owner.name}-{suffix}" if suffix else f"{owner.name}-g{owner.generation}"
 
 
 def owner_labels(owner: Owner) -> dict[str, str]:
@@ -75,7 +79,7 @@ def config_map(run: WorkloadRun) -> dict[str, Any]:
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {
-            "name": run_name(o), "namespace": o.namespace,
+            "name": run_name(o, run.suffix), "namespace": o.namespace,
             "labels": {**owner_labels(o), "app.kubernetes.io/component": run.component},
             "ownerReferences": [owner_reference(o)],
         },
@@ -97,7 +101,7 @@ def _resources(r: PodResources) -> dict[str, Any]:
 
 def job(run: WorkloadRun) -> dict[str, Any]:
     o, r = run.owner, run.resources
-    name = run_name(o)
+    name = run_name(o, run.suffix)
     labels = {**owner_labels(o), "app.kubernetes.io/component": run.component, **run.labels}
     mounts = [
         {"name": "spec", "mountPath": SPEC_DIR, "readOnly": True},

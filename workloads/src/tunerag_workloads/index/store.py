@@ -265,6 +265,19 @@ class Store:
             self.conn.execute(sql.SQL("DELETE FROM {} WHERE version = %s").format(self.ident(self.documents_table)), (version.number,))
             self.conn.execute(sql.SQL("DELETE FROM {} WHERE version = %s").format(self.ident(self.versions)), (version.number,))
 
+    def drop_all(self) -> list[str]:
+        """Drops the view, every version and the bookkeeping tables (deletionPolicy: Delete), in one
+        transaction: afterwards nothing of the index is left, or all of it is."""
+        dropped: list[str] = []
+        with self.conn.transaction():
+            exists = self.conn.execute("SELECT to_regclass(%s)", (f'"{self.schema}"."{self.versions}"',)).fetchone()
+            tables = [v.table for v in self._versions()] if exists and exists[0] else []
+            self.conn.execute(sql.SQL("DROP VIEW IF EXISTS {}").format(self.ident(self.table)))
+            for name in [*tables, self.documents_table, self.versions]:
+                self.conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(self.ident(name)))
+                dropped.append(f"{self.schema}.{name}")
+        return dropped
+
     def drop_retired(self) -> list[str]:
         dropped = []
         for version in self._versions():
