@@ -426,3 +426,18 @@ def test_two_processes_gloo_match_one_process_with_accumulation(base_model: Path
     for k in wa:
         assert torch.allclose(wa[k], wb[k], atol=1e-5, rtol=1e-4), k
     assert two["metrics"]["validationLoss"] == pytest.approx(one["metrics"]["validationLoss"], rel=1e-4)
+
+
+def test_gates_record_every_configured_threshold() -> None:
+    from tunerag_workloads.finetune.evaluate import gate_results
+    from tunerag_workloads.finetune.spec import Gates
+
+    gates = Gates(maxValidationLoss=1.0, minExactMatch=0.5, maxRetentionRegression=0.05)
+    out = gate_results(gates, {"validationLoss": 0.8, "exactMatch": None, "retentionRegression": float("inf")})
+    assert out == [
+        {"name": "maxValidationLoss", "value": 0.8, "threshold": 1.0, "passed": True},
+        {"name": "minExactMatch", "value": None, "threshold": 0.5, "passed": False},  # asked for, not measurable
+        {"name": "maxRetentionRegression", "value": None, "threshold": 0.05, "passed": False},
+    ]
+    # No retention set: no retention gate; unset optional gates are not evaluated.
+    assert gate_results(Gates(), {"validationLoss": 9.0}) == []

@@ -81,8 +81,9 @@ def gate_results(gates: Gates, metrics: dict[str, float | None]) -> list[dict[st
     out: list[dict[str, Any]] = []
 
     def add(name: str, value: float | None, threshold: float, ok: bool) -> None:
-        out.append({"name": name, "value": None if value is None else round(value, 6), "threshold": threshold,
-                    "passed": bool(value is not None and not math.isnan(value) and ok)})
+        finite = value is not None and math.isfinite(value)
+        out.append({"name": name, "value": round(value, 6) if finite else None, "threshold": threshold,
+                    "passed": bool(finite and ok)})
 
     if gates.max_validation_loss is not None:
         v = metrics.get("validationLoss")

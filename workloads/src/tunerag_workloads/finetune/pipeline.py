@@ -119,7 +119,8 @@ def run_pipeline(request: dict[str, Any], work_dir: Path | None = None) -> dict[
         metrics["tokensPerSecond"] = outcome.tokens_per_second
         gates = evaluate.gate_results(spec.gates, metrics)
         verdict = "Validated" if all(g["passed"] for g in gates) else "Rejected"
-        rounded = {k: (None if v is None else round(float(v), 6)) for k, v in metrics.items()}
+        # JSON has no inf/nan: a metric that could not be computed is null (its gate already failed).
+        rounded = {k: (round(float(v), 6) if v is not None and math.isfinite(v) else None) for k, v in metrics.items()}
         report_progress(phase="Evaluating", verdict=verdict, metrics=rounded)
 
         report_progress(phase="Publishing")

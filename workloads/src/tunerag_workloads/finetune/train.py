@@ -377,6 +377,7 @@ def train(spec: FineTuneSpec, loaded: LoadedModel, examples: list[Example], stor
     random.seed(t.seed)
     torch.manual_seed(t.seed)
     step, cursor = 0, 0  # optimizer steps done; micro-batches consumed
+    resumed_loss: float | None = None
     if distributed.world()[0] == 0:  # folders of checkpoint writes that a killed pod left behind
         for name in store.list_dirs("checkpoints"):
             if ".tmp-" in name or ".old-" in name:
@@ -385,6 +386,7 @@ def train(spec: FineTuneSpec, loaded: LoadedModel, examples: list[Example], stor
     if resumed is not None:
         state = load_checkpoint(store, resumed, model, optimizer, scheduler)
         step, cursor = state["step"], state["microBatch"]
+        resumed_loss = state.get("loss")
         if distributed.world()[0] == 0:
             report_progress(phase="Training", event="resumed", step=step, totalSteps=total)
 
@@ -412,7 +414,7 @@ def train(spec: FineTuneSpec, loaded: LoadedModel, examples: list[Example], stor
     start = time.monotonic()
     window_start, window_tokens = start, 0
     real_total = padded_total = 0
-    last_loss: float | None = None
+    last_loss: float | None = resumed_loss
     tps: float | None = None
     first_step = step
     rank, world = distributed.world()
