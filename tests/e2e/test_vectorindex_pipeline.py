@@ -175,3 +175,31 @@ def test_deletion_with_an_unreachable_database_does_not_hang(
     assert warnings and "public.handbook" in warnings[0].message and "s3cr3t" not in warnings[0].message
     drops = [j.metadata.name for j in client.BatchV1Api(api).list_namespaced_job(namespace).items if "-drop" in j.metadata.name]
     assert sorted(drops) == ["handbook-drop1", "handbook-drop2", "handbook-drop3"]
+
+
+def test_refresh_interval_reindexes_incrementally_without_piling_up_jobs(
+    operator: OperatorProcess, job_runner: JobRunner, api: client.ApiClient, namespace: str, pg_database: str
+) -> None:
+    docs = _prepare(api, job_runner, namespace, pg_database)
+    client.CustomObjectsApi(api).create_namespaced_custom_object(GROUP, VERSION, namespace, "vectorindexes", {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "VectorIndex", "metadata": {"name": "handbook"},
+        "spec": {**_spec(), "refresh": {"interval": "2s"}},
+    })
+    first = _phase(api, namespace, "handbook", "Ready")["status"]
+    (docs / "returns.md").write_text(DOCS["returns.md"] + "\nGift cards cannot be returned.\n")
+    (docs / "contact.md").write_text("# Contact\n\nWrite to help@example.com.\n")
+
+    def refreshed() -> dict[str, Any] | None:
+        status = _vectorindex(api, namespace, "handbook").get("status") or {}
+        ran = status.get("phase") == "Ready" and status.get("refreshes", 0) >= 1
+        return status if ran and (status.get("lastRun") or {}).get("added") == 1 else None
+
+    status = wait_for(refreshed, 240, "a refresh run", interval=0.5)
+    assert status["jobName"].startswith("handbook-g1-r")
+    assert status["lastRun"] == {"added": 1, "updated": 1, "deleted": 0, "unchanged": 2, "skipped": 0}
+    assert status["documents"] == 4 and status["tableVersion"] == first["tableVersion"]
+    # Later refreshes find nothing new, and old run Jobs are pruned: never more than a few.
+    wait_for(lambda: (_vectorindex(api, namespace, "handbook").get("status") or {}).get("refreshes", 0) >= 4, 240,
+             "more refreshes", interval=0.5)
+    jobs = client.BatchV1Api(api).list_namespaced_job(namespace).items
+    assert len(jobs) <= 4, [j.metadata.name for j in jobs]

@@ -79,6 +79,11 @@ def delete_job(namespace: str, name: str) -> None:
             raise
 
 
+def list_jobs(namespace: str, label_selector: str) -> list[dict[str, Any]]:
+    resp = client.BatchV1Api(api_client()).list_namespaced_job(namespace, label_selector=label_selector, _preload_content=False)
+    return json.loads(resp.data).get("items", [])  # type: ignore[no-any-return]
+
+
 def job_pods(namespace: str, job_name: str) -> list[dict[str, Any]]:
     resp = client.CoreV1Api(api_client()).list_namespaced_pod(
         namespace, label_selector=f"batch.kubernetes.io/job-name={job_name}", _preload_content=False

@@ -119,3 +119,4 @@ class VectorIndexStatus(StatusBase):
     source_digest: str | None = Field(default=None, description="Digest over the indexed documents' paths and content hashes.")
     table_version: str | None = Field(default=None, description="Name of the live table version.")
     last_indexed_time: str | None = Field(default=None, description="When the last run finished.")
+    refreshes: int = Field(default=0, description="Periodic refresh runs started for this generation.")

@@ -39,6 +39,16 @@ def start(run: WorkloadRun) -> str:
     return run_name(run.owner, run.suffix)
 
 
+def prune(namespace: str, owner_kind: str, owner_name: str, keep: int) -> None:
+    """Deletes the owner's finished run Jobs beyond the newest `keep` (periodic runs must not pile up)."""
+    selector = f"{GROUP}/owner-kind={owner_kind},{GROUP}/owner-name={owner_name}"
+    finished = [j for j in kubeapi.list_jobs(namespace, selector) if (j.get("status") or {}).get("completionTime")
+                or any(c.get("type") == "Failed" and c.get("status") == "True" for c in (j.get("status") or {}).get("conditions") or [])]
+    finished.sort(key=lambda j: j["metadata"].get("creationTimestamp") or "", reverse=True)
+    for old in finished[keep:]:
+        kubeapi.delete_job(namespace, old["metadata"]["name"])
+
+
 def state(namespace: str, job_name: str) -> RunState | None:
     """The run's state now, or None when its Job does not exist."""
     found = kubeapi.get_job(namespace, job_name)

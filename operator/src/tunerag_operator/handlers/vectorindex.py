@@ -6,7 +6,7 @@ from typing import Any
 
 import kopf
 
-from tunerag_operator import events, kubeapi, references
+from tunerag_operator import durations, events, kubeapi, references
 from tunerag_operator.api.common import GROUP, VERSION
 from tunerag_operator.api.kinds import VECTORINDEX
 from tunerag_operator.api.vectorindex import VectorIndexSpec
@@ -29,13 +29,16 @@ def check(spec: VectorIndexSpec, namespace: str) -> list[Problem]:
     return problems
 
 
-def workload_run(spec: VectorIndexSpec, owner: Owner, image: str, *, drop_attempt: int | None = None) -> WorkloadRun:
+def workload_run(
+    spec: VectorIndexSpec, owner: Owner, image: str, *, drop_attempt: int | None = None, refresh: int | None = None
+) -> WorkloadRun:
     drop = drop_attempt is not None
+    suffix = f"drop{drop_attempt}" if drop else f"g{owner.generation}-r{refresh}" if refresh else ""
     claims = (spec.source.uri.removeprefix("pvc://").split("/", 1)[0],) if spec.source.uri and spec.source.uri.startswith("pvc://") else ()
     ref = spec.store.connection_secret
     return WorkloadRun(
         owner=owner, component="index", module="tunerag_workloads.index.drop" if drop else "tunerag_workloads.index",
-        suffix=f"drop{drop_attempt}" if drop else "", backoff_limit=0 if drop else 3,
+        suffix=suffix, backoff_limit=0 if drop else 3,
         spec=spec.model_dump(mode="json", exclude_none=True), image=spec.resources.image or image,
         resources=spec.resources, claims=claims,
         env=({"name": "TUNERAG_DB_URI", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}},),
@@ -46,14 +49,15 @@ def workload_run(spec: VectorIndexSpec, owner: Owner, image: str, *, drop_attemp
 def start_run(spec: VectorIndexSpec, body: kopf.Body, config: OperatorConfig) -> dict[str, Any]:
     owner = Owner(VECTORINDEX.kind, body.meta["name"], body.meta["namespace"], body.meta["uid"], body.meta["generation"])
     current = body.status.get("jobName")
-    if current == run_name(owner):
-        return {}
+    this_generation = run_name(owner)
+    if current == this_generation or str(current).startswith(f"{this_generation}-r"):
+        return {}  # this generation's run (or one of its refreshes) was started already
     if current:  # at most one run per index: a newer generation replaces an unfinished older run
         old = kubeapi.get_job(owner.namespace, current)
         if old and not (old.get("status") or {}).get("completionTime"):
             kubeapi.delete_job(owner.namespace, current)
     job_name = runs.start(workload_run(spec, owner, config.workloads_image))
-    return {"jobName": job_name, "phase": "Indexing"}
+    return {"jobName": job_name, "phase": "Indexing", "refreshes": 0}
 
 
 @runs.observe(VECTORINDEX.kind)
@@ -95,6 +99,33 @@ def observe_run(namespace: str, name: str, job_name: str, state: RunState) -> No
 
 
 DROP_ATTEMPTS = 3
+KEEP_RUNS = 3
+
+
+def _refresh_due(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:
+    return bool((spec.get("refresh") or {}).get("interval")) and status.get("phase") in ("Ready", "Failed")
+
+
+@kopf.timer(GROUP, VERSION, VECTORINDEX.plural, interval=5, when=_refresh_due)
+def refresh(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, **_: Any) -> None:
+    """spec.refresh.interval: re-run the (incremental) indexing when the interval has passed since
+    the last run ended. Only a Ready or Failed index is refreshed, so runs never overlap; old run
+    Jobs are pruned to the newest KEEP_RUNS."""
+    spec = VectorIndexSpec.model_validate(dict(body.spec))
+    assert spec.refresh.interval is not None
+    status = body.status
+    ready: dict[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+    ended = status.get("lastIndexedTime") if status.get("phase") == "Ready" else ready.get("lastTransitionTime")
+    if ended and durations.since(str(ended)) < durations.seconds(spec.refresh.interval):
+        return
+    config = memo.get("config") or OperatorConfig.defaults()
+    owner = Owner(VECTORINDEX.kind, body.meta["name"], body.meta["namespace"], body.meta["uid"], body.meta["generation"])
+    sequence = int(status.get("refreshes") or 0) + 1
+    run = workload_run(spec, owner, config.workloads_image, refresh=sequence)
+    patch.status["jobName"] = runs.start(run)
+    patch.status["refreshes"] = sequence
+    patch.status["phase"] = "Indexing"
+    runs.prune(owner.namespace, owner.kind, owner.name, KEEP_RUNS)
 
 
 def _deletes_tables(spec: kopf.Spec, **_: Any) -> bool:
