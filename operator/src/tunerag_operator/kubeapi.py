@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from typing import Any
 
 from kubernetes import client, config
@@ -20,7 +21,7 @@ def api_client() -> client.ApiClient:
     try:
         config.load_incluster_config()
     except config.ConfigException:
-        config.load_kube_config()
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
     return client.ApiClient()
 
 

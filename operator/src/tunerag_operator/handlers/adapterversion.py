@@ -1,4 +1,5 @@
-"""AdapterVersion reconcile: the registry entry's phase from its gates and references."""
+"""AdapterVersion reconcile: the registry entry's phase from its gates, or from verifying a
+hand-registered artifact."""
 
 from __future__ import annotations
 
@@ -6,12 +7,17 @@ from typing import Any
 
 import kopf
 
-from tunerag_operator import references
+from tunerag_operator import events, kubeapi, references
 from tunerag_operator.api.adapterversion import AdapterVersionSpec
+from tunerag_operator.api.common import PodResources
 from tunerag_operator.api.kinds import ADAPTERVERSION
+from tunerag_operator.conditions import set_condition
 from tunerag_operator.config import OperatorConfig
+from tunerag_operator.handlers import runs
 from tunerag_operator.handlers.base import register
 from tunerag_operator.references import Problem
+from tunerag_operator.render.workload import Owner, WorkloadRun, run_name
+from tunerag_operator.runstate import RunState
 
 SERVING_PHASES = ("Canary", "Serving", "Retired")
 
@@ -24,9 +30,10 @@ def check(spec: AdapterVersionSpec, namespace: str) -> list[Problem]:
 
 
 def decide(spec: AdapterVersionSpec, body: kopf.Body, config: OperatorConfig) -> dict[str, Any]:
-    """Validated when every recorded gate passed, Rejected when one failed. A version registered
-    by hand without gate results stays Pending until its artifact is verified. Phases set by a
-    rollout (Canary, Serving, Retired) are left alone."""
+    """A version with gate results (registered by a FineTuneJob, whose workload computed the
+    checksum it publishes) is Validated when every gate passed and Rejected otherwise. A version
+    registered by hand has no gates: a verification Job checks that the artifact exists and has the
+    recorded sha256. Phases set by a rollout (Canary, Serving, Retired) are left alone."""
     if body.status.get("phase") in SERVING_PHASES:
         return {}
     failed = [g for g in spec.gates if not g.passed]
@@ -35,7 +42,38 @@ def decide(spec: AdapterVersionSpec, body: kopf.Body, config: OperatorConfig) ->
         return {"phase": "Rejected", "ready": ("False", "GateFailed", f"Failed gates: {detail}. Never served.")}
     if spec.gates:
         return {"phase": "Validated", "ready": ("True", "Ready", f"All {len(spec.gates)} gates passed.")}
-    return {}
+    owner = Owner(ADAPTERVERSION.kind, body.meta["name"], body.meta["namespace"], body.meta["uid"], body.meta["generation"])
+    if body.status.get("jobName") == run_name(owner, "verify"):
+        return {}
+    claims = tuple(u.removeprefix("pvc://").split("/", 1)[0] for u in [spec.artifact.uri] if u.startswith("pvc://"))
+    job_name = runs.start(WorkloadRun(
+        owner=owner, component="verify", module="tunerag_workloads.finetune.verify",
+        spec=spec.model_dump(mode="json", exclude_none=True), image=config.workloads_image,
+        resources=PodResources(), claims=claims, backoff_limit=1, suffix="verify",
+    ))
+    return {"jobName": job_name, "ready": ("False", "Verifying", f"Verifying {spec.artifact.uri} ({job_name}).")}
+
+
+@runs.observe(ADAPTERVERSION.kind)
+def observe_run(namespace: str, name: str, job_name: str, state: RunState) -> None:
+    obj = kubeapi.get_custom(namespace, ADAPTERVERSION.plural, name)
+    if obj is None or (obj.get("status") or {}).get("jobName") != job_name or state.phase not in ("Succeeded", "Failed"):
+        return
+    status = obj.get("status") or {}
+    if status.get("phase") not in (None, "Pending"):
+        return
+    generation = obj["metadata"]["generation"]
+    if state.phase == "Succeeded" and state.result:
+        digest = str(state.result.get("sha256"))
+        conds = set_condition(status.get("conditions") or [], "Ready", "True", "Verified",
+                              f"The artifact exists and has sha256 {digest}.", generation)
+        kubeapi.patch_status(namespace, ADAPTERVERSION.plural, name,
+                             {"phase": "Validated", "verifiedSha256": digest, "conditions": conds})
+        events.info(obj, "Verified", f"The artifact has the recorded sha256 {digest}.")
+    else:
+        conds = set_condition(status.get("conditions") or [], "Ready", "False", state.reason, state.message, generation)
+        kubeapi.patch_status(namespace, ADAPTERVERSION.plural, name, {"phase": "Failed", "conditions": conds})
+        events.warn(obj, state.reason, state.message)
 
 
 register(ADAPTERVERSION, check, initial_phase="Pending", act=decide)

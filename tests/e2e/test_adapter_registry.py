@@ -1,0 +1,82 @@
+"""The adapter registry: race-free version numbers, idempotent registration, and verification of
+adapters registered by hand."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from substrate.controlplane import ControlPlane
+from substrate.jobrunner import JobRunner
+from substrate.kube import wait_for
+from substrate.operatorproc import OperatorProcess
+from tunerag_operator import registry
+from tunerag_operator.api.common import GROUP, VERSION
+from tunerag_workloads.finetune.publish import build_manifest
+
+SPEC = {"baseModel": {"uri": "file:///models/base"},
+        "artifact": {"uri": "file:///artifacts/x", "sha256": "c" * 64, "format": "peft-lora"}}
+
+
+def test_concurrent_registrations_get_distinct_versions(
+    control_plane: ControlPlane, api: client.ApiClient, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(control_plane.kubeconfig))  # the operator's API layer, in this process
+
+    def register(i: int) -> dict[str, Any]:
+        return registry.register(namespace, "fam", f"job-{i}", f"uid-{i}", SPEC)
+
+    with ThreadPoolExecutor(8) as pool:
+        created = list(pool.map(register, range(8)))
+    assert sorted(a["spec"]["version"] for a in created) == list(range(1, 9))
+    # Registering the same FineTuneJob again (a retry, or after a crash) finds its version.
+    again = register(3)
+    assert again["metadata"]["name"] == created[3]["metadata"]["name"]
+    assert registry.next_version(namespace, "fam") == 9
+
+
+def _adapter(folder: Path) -> str:
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text('{"r": 8}')
+    (folder / "adapter_model.safetensors").write_bytes(os.urandom(2048))
+    return str(build_manifest(folder)["sha256"])
+
+
+def _create(api: client.ApiClient, namespace: str, name: str, uri: str, sha: str) -> None:
+    client.CustomObjectsApi(api).create_namespaced_custom_object(GROUP, VERSION, namespace, "adapterversions", {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "AdapterVersion", "metadata": {"name": name},
+        "spec": {"family": "external", "version": 1 if name.endswith("1") else 2, "baseModel": {"uri": "file:///models/base"},
+                 "artifact": {"uri": uri, "sha256": sha}},
+    })
+
+
+def _settled(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        obj = client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, namespace, "adapterversions", name)
+        return obj if (obj.get("status") or {}).get("phase") in ("Validated", "Failed") else None
+
+    return wait_for(done, 120, f"AdapterVersion {name} to be verified", interval=0.5)  # type: ignore[no-any-return]
+
+
+def test_hand_registered_adapters_are_verified(
+    operator: OperatorProcess, job_runner: JobRunner, api: client.ApiClient, namespace: str
+) -> None:
+    client.CoreV1Api(api).create_namespaced_persistent_volume_claim(namespace, {
+        "metadata": {"name": "artifacts"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+    })
+    root = job_runner.claim_path(namespace, "artifacts")
+    good = _adapter(root / "external" / "1")
+    _create(api, namespace, "external-v1", "pvc://artifacts/external/1", good)
+    _create(api, namespace, "external-v2", "pvc://artifacts/external/1", "d" * 64)
+
+    ok = _settled(api, namespace, "external-v1")["status"]
+    assert ok["phase"] == "Validated" and ok["verifiedSha256"] == good
+    bad = _settled(api, namespace, "external-v2")["status"]
+    ready = next(c for c in bad["conditions"] if c["type"] == "Ready")
+    assert bad["phase"] == "Failed" and ready["reason"] == "ChecksumMismatch" and good in ready["message"]
