@@ -27,8 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tunerag_workloads.finetune import run_pipeline  # noqa: E402
-from workloads import finetune_fixtures as ff  # noqa: E402
+from tunerag_workloads.finetune import run_pipeline
+from workloads import finetune_fixtures as ff
 
 QLORA = {"type": "qlora", "quantization": {"quantType": "nf4", "doubleQuant": True, "computeDtype": "bfloat16"}}
 
