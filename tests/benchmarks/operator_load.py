@@ -51,6 +51,14 @@ KINDS = {"finetunejobs": "FineTuneJob", "adapterversions": "AdapterVersion", "ve
          "rolloutpolicies": "RolloutPolicy"}
 
 
+def contextlib_suppress_stream(stream: Any) -> Any:
+    """Ends quietly when the API server goes away at the end of the run."""
+    try:
+        yield from stream
+    except Exception:
+        return
+
+
 def rss_mib(pid: int) -> float:
     proc = psutil.Process(pid)
     return sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]) / 2**20
@@ -91,7 +99,8 @@ def main() -> int:
         def watch_kind(plural: str) -> None:
             w = watch.Watch()
             custom = client.CustomObjectsApi(config.new_client_from_config(str(cp.kubeconfig)))
-            for ev in w.stream(custom.list_cluster_custom_object, GROUP, VERSION, plural, timeout_seconds=900):
+            stream = w.stream(custom.list_cluster_custom_object, GROUP, VERSION, plural, timeout_seconds=900)
+            for ev in contextlib_suppress_stream(stream):
                 obj = ev["object"]
                 key = (plural, obj["metadata"]["namespace"], obj["metadata"]["name"])
                 if obj.get("status", {}).get("observedGeneration") and key not in statused:

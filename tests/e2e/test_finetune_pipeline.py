@@ -108,3 +108,32 @@ def test_too_few_rows_fails_once_with_the_reason(
     assert ready["reason"] == "InsufficientData" and "5000" in ready["message"]
     assert "adapterVersion" not in status  # nothing half-registered
     assert client.CustomObjectsApi(api).list_namespaced_custom_object(GROUP, VERSION, namespace, "adapterversions")["items"] == []
+
+
+def test_a_killed_training_pod_is_retried_and_resumes_from_its_checkpoint(
+    operator: OperatorProcess, job_runner: JobRunner, api: client.ApiClient, namespace: str, tmp_path: Path
+) -> None:
+    import signal
+
+    spec = ff.base_spec(ff.cached_model(), tmp_path / "data", tmp_path / "out",
+                        **ff.deep_merge(GOOD, {"training": {"maxSteps": 200, "checkpointInterval": 10}}))
+    client.CustomObjectsApi(api).create_namespaced_custom_object(GROUP, VERSION, namespace, "finetunejobs", {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "FineTuneJob", "metadata": {"name": "colors-preempted"}, "spec": spec,
+    })
+
+    def checkpointed_pod() -> str | None:
+        for pod in client.CoreV1Api(api).list_namespaced_pod(namespace).items:
+            log = job_runner.log_path(namespace, pod.metadata.name)
+            if log.exists() and '"event":"checkpoint","step":20' in log.read_text():
+                return str(pod.metadata.name)
+        return None
+
+    pod = wait_for(checkpointed_pod, 300, "a checkpoint at step 20", interval=0.2)
+    assert job_runner.kill(namespace, pod, signal.SIGKILL)  # a preempted GPU node, as the pod sees it
+    obj = wait_for(lambda: (o := _get(api, namespace, "finetunejobs", "colors-preempted")).get("status", {}).get("phase")
+                   in ("Succeeded", "Rejected", "Failed") and o, 420, "the run to finish", interval=0.5)
+    progress = obj["status"]["progress"]
+    assert obj["status"]["phase"] == "Succeeded", obj["status"]
+    assert progress["resumedFromStep"] >= 20 and progress["step"] == 200
+    job = client.BatchV1Api(api).read_namespaced_job("colors-preempted-g1", namespace)
+    assert job.status.failed == 1 and job.status.succeeded == 1

@@ -18,11 +18,13 @@ from tunerag_operator.api.common import GROUP, VERSION
 
 @functools.cache
 def api_client() -> client.ApiClient:
+    configuration = client.Configuration()
     try:
-        config.load_incluster_config()
+        config.load_incluster_config(client_configuration=configuration)
     except config.ConfigException:
-        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
-    return client.ApiClient()
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration)
+    configuration.connection_pool_maxsize = 32  # as many connections as handler threads (settings.WORKERS)
+    return client.ApiClient(configuration)
 
 
 def _get(call: Any, *args: Any) -> dict[str, Any] | None:

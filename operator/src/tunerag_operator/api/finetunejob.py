@@ -165,6 +165,7 @@ class Progress(ApiModel):
     loss: float | None = Field(default=None, description="Latest training loss.")
     tokens_per_second: float | None = Field(default=None, description="Real (non-padding) tokens per second.")
     eta_seconds: int | None = Field(default=None, description="Estimated seconds left.")
+    resumed_from_step: int | None = Field(default=None, description="Checkpoint step the last pod resumed from (after a preemption or crash).")
 
 
 class FineTuneJobStatus(StatusBase):

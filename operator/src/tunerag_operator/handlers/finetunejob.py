@@ -86,8 +86,8 @@ def observe_run(namespace: str, name: str, job_name: str, state: RunState) -> No
         av = registry.register(namespace, obj["spec"]["adapter"]["family"], name, obj["metadata"]["uid"],
                                adapter_spec(obj["spec"], name, result))
         failed = [g for g in result.get("gates") or [] if not g.get("passed")]
-        update["progress"] = {k: v for k, v in (("step", result.get("steps")), ("totalSteps", result.get("totalSteps")))
-                              if isinstance(v, int)}
+        update["progress"] = {k: v for k, v in (("step", result.get("steps")), ("totalSteps", result.get("totalSteps")),
+                                                ("resumedFromStep", result.get("resumedFromStep"))) if isinstance(v, int)}
         update |= {"adapterVersion": av["metadata"]["name"], "completionTime": state.completion_time or now(),
                    "metrics": {k: float(v) for k, v in (result.get("metrics") or {}).items() if isinstance(v, int | float)}}
         if failed:
