@@ -133,7 +133,8 @@ def test_a_killed_training_pod_is_retried_and_resumes_from_its_checkpoint(
     obj = wait_for(lambda: (o := _get(api, namespace, "finetunejobs", "colors-preempted")).get("status", {}).get("phase")
                    in ("Succeeded", "Rejected", "Failed") and o, 420, "the run to finish", interval=0.5)
     progress = obj["status"]["progress"]
-    assert obj["status"]["phase"] == "Succeeded", obj["status"]
+    # 200 steps overfit this tiny task, so the verdict may be Rejected: either way the run finished.
+    assert obj["status"]["phase"] in ("Succeeded", "Rejected") and obj["status"]["adapterVersion"], obj["status"]
     assert progress["resumedFromStep"] >= 20 and progress["step"] == 200
     job = client.BatchV1Api(api).read_namespaced_job("colors-preempted-g1", namespace)
     assert job.status.failed == 1 and job.status.succeeded == 1
