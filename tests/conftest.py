@@ -39,7 +39,7 @@ def operator(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFacto
     """The operator as a child process (as in its pod), watching the whole local cluster."""
     proc = OperatorProcess(
         control_plane.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log",
-        extra_env={"TUNERAG_RETRY_DELAY": "2"},
+        extra_env={"TUNERAG_RETRY_DELAY": "2", "TUNERAG_PROGRESS_INTERVAL": "1"},
     )
     proc.start()
     yield proc

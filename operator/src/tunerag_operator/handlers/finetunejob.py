@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import kopf
@@ -19,6 +20,8 @@ from tunerag_operator.render.workload import Owner, WorkloadRun, run_name
 from tunerag_operator.runstate import RunState
 
 ACTIVE = ("Pending", "ValidatingData", "Training", "Evaluating", "Publishing")
+# How often a running pod's log is read for progress (seconds).
+PROGRESS_INTERVAL = float(os.environ.get("TUNERAG_PROGRESS_INTERVAL", "5"))
 
 
 def _uris(spec: FineTuneJobSpec) -> list[tuple[str, str]]:
@@ -112,7 +115,7 @@ def observe_run(namespace: str, name: str, job_name: str, state: RunState) -> No
         events.warn(obj, state.reason, state.message)
 
 
-@kopf.timer(GROUP, VERSION, FINETUNEJOB.plural, interval=5, idle=None,
+@kopf.timer(GROUP, VERSION, FINETUNEJOB.plural, interval=PROGRESS_INTERVAL, idle=None,
             when=lambda status, **_: status.get("phase") in ACTIVE and bool(status.get("jobName")))
 def report_progress(namespace: str | None, status: kopf.Status, patch: kopf.Patch, **_: Any) -> None:
     """Copies the running pod's latest progress record into status.progress and the phase."""
