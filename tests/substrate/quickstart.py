@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             stage("installing the tunerag and KServe CRDs")
             kube.install_crds(api, kube.crd_documents())
             stage("starting embedded PostgreSQL with pgvector")
-            pg = stack.enter_context(Postgres(args.workdir / "postgres"))
+            pg = stack.enter_context(Postgres())  # its own temp folder, readable by the unprivileged server
             stage("starting the operator and the Job harness")
             op.start()
             stack.callback(op.stop)
