@@ -445,8 +445,7 @@ def test_dockerfile_entrypoints_are_declared_console_scripts() -> None:
             assert target != "operator", "the operator image needs an ENTRYPOINT"
             continue
         argv = json.loads(entrypoints[-1])  # exec form only: signals reach the process
-        if not pyproject.exists():
-            pytest.skip(f"{pyproject.relative_to(ROOT)} does not exist yet")
+        assert pyproject.exists(), f"{pyproject.relative_to(ROOT)} is missing"
         scripts = tomllib.loads(pyproject.read_text())["project"]["scripts"]
         assert argv[0] in scripts, f"{target}: ENTRYPOINT {argv[0]} is not in {pyproject} [project.scripts]"
 
