@@ -78,9 +78,9 @@ def create_namespace(api: client.ApiClient, name: str, labels: dict[str, str] | 
 
 
 def delete_namespace(api: client.ApiClient, name: str) -> None:
-    """Deletes the namespace's objects. No namespace controller runs here, so the Namespace itself
-    would stay Terminating forever: its tunerag objects are deleted first (finalizers honoured by a
-    running operator), and the namespace deletion is best effort."""
+    """Starts the namespace's deletion. No namespace controller runs here, so the Namespace stays
+    Terminating and its objects stay in etcd until the control plane stops; tests use a fresh
+    namespace each, so nothing leaks from one test into another."""
     try:
         client.CoreV1Api(api).delete_namespace(name)
     except ApiException as exc:
