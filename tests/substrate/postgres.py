@@ -26,7 +26,6 @@ import pwd
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -37,6 +36,8 @@ from types import TracebackType
 
 import psycopg
 from psycopg import sql
+
+from substrate.controlplane import free_port
 
 SUPERUSER = "tunerag"
 UNPRIVILEGED_USER = "nobody"
@@ -58,11 +59,6 @@ SERVER_SETTINGS = {
 }
 
 
-def _free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cache_root() -> Path:
@@ -181,7 +177,7 @@ class Postgres:
         bin_dir = self._bin_dir()
         if not (self.data_dir / "PG_VERSION").exists():
             self._prepare_data(bin_dir)
-        self.port = self.port or _free_port()
+        self.port = self.port or free_port()
         self._spawn(bin_dir)
         self._wait_ready(timeout)
 

@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -29,14 +28,11 @@ from typing import Any
 
 import yaml
 
+from substrate.controlplane import free_port
+
 JOB = "tunerag"
 
 
-def _free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def find_binary() -> Path:
@@ -109,7 +105,7 @@ class Prometheus:
         """Starts the server (on the port of the previous start, if any) and waits until ready."""
         if self.pid is not None:
             return
-        self.port = self.port or _free_port()
+        self.port = self.port or free_port()
         self._write_config()
         argv = [
             str(find_binary()),

@@ -43,12 +43,21 @@ def configmap(namespace: str, name: str, purpose: str) -> list[Problem]:
     return []
 
 
+def claim_of(value: str) -> str | None:
+    """The PersistentVolumeClaim a `pvc://claim/path` URI names; None for other schemes."""
+    return value.removeprefix("pvc://").split("/", 1)[0] if value.startswith("pvc://") else None
+
+
+def claims_of(*values: str | None) -> tuple[str, ...]:
+    return tuple(c for v in values if v and (c := claim_of(v)))
+
+
 def uri(namespace: str, value: str, purpose: str) -> list[Problem]:
     """pvc:// URIs name a claim in the namespace: it must exist. Other schemes are resolved by the
     workload at run time (their failures surface from the Job)."""
-    if not value.startswith("pvc://"):
+    claim = claim_of(value)
+    if claim is None:
         return []
-    claim = value.removeprefix("pvc://").split("/", 1)[0]
     if kubeapi.get_pvc(namespace, claim) is None:
         return [Problem("PersistentVolumeClaimNotFound",
                         f"PersistentVolumeClaim {namespace}/{claim} ({purpose}, {value}) does not exist; create it or fix the URI.")]

@@ -45,7 +45,7 @@ def decide(spec: AdapterVersionSpec, body: kopf.Body, config: OperatorConfig) ->
     owner = Owner(ADAPTERVERSION.kind, body.meta["name"], body.meta["namespace"], body.meta["uid"], body.meta["generation"])
     if body.status.get("jobName") == run_name(owner, "verify"):
         return {}
-    claims = tuple(u.removeprefix("pvc://").split("/", 1)[0] for u in [spec.artifact.uri] if u.startswith("pvc://"))
+    claims = references.claims_of(spec.artifact.uri)
     job_name = runs.start(WorkloadRun(
         owner=owner, component="verify", module="tunerag_workloads.finetune.verify",
         spec=spec.model_dump(mode="json", exclude_none=True), image=config.workloads_image,

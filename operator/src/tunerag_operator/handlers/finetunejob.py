@@ -41,7 +41,7 @@ def check(spec: FineTuneJobSpec, namespace: str) -> list[Problem]:
 
 
 def workload_run(spec: FineTuneJobSpec, owner: Owner, image: str) -> WorkloadRun:
-    claims = tuple(uri.removeprefix("pvc://").split("/", 1)[0] for _, uri in _uris(spec) if uri.startswith("pvc://"))
+    claims = references.claims_of(*(uri for _, uri in _uris(spec)))
     return WorkloadRun(
         owner=owner, component="finetune", module="tunerag_workloads.finetune",
         spec=spec.model_dump(mode="json", exclude_none=True), image=spec.resources.image or image,

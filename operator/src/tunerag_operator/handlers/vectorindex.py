@@ -34,7 +34,7 @@ def workload_run(
 ) -> WorkloadRun:
     drop = drop_attempt is not None
     suffix = f"drop{drop_attempt}" if drop else f"g{owner.generation}-r{refresh}" if refresh else ""
-    claims = (spec.source.uri.removeprefix("pvc://").split("/", 1)[0],) if spec.source.uri and spec.source.uri.startswith("pvc://") else ()
+    claims = references.claims_of(spec.source.uri)
     ref = spec.store.connection_secret
     return WorkloadRun(
         owner=owner, component="index", module="tunerag_workloads.index.drop" if drop else "tunerag_workloads.index",
