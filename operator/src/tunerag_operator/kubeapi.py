@@ -107,3 +107,38 @@ def patch_status(namespace: str, plural: str, name: str, status: dict[str, Any])
     client.CustomObjectsApi(api_client()).patch_namespaced_custom_object_status(
         GROUP, VERSION, namespace, plural, name, {"status": status}
     )
+
+
+KSERVE_GROUP = "serving.kserve.io"
+KSERVE_VERSIONS = {"inferenceservices": "v1beta1", "inferencegraphs": "v1alpha1"}
+
+
+def get_kserve(namespace: str, plural: str, name: str) -> dict[str, Any] | None:
+    api = client.CustomObjectsApi(api_client())
+    return _get(api.get_namespaced_custom_object, KSERVE_GROUP, KSERVE_VERSIONS[plural], namespace, plural, name)
+
+
+def create_kserve(body: dict[str, Any]) -> None:
+    """Creates an InferenceService or InferenceGraph; one that exists already is left alone."""
+    plural = {"InferenceService": "inferenceservices", "InferenceGraph": "inferencegraphs"}[body["kind"]]
+    try:
+        client.CustomObjectsApi(api_client()).create_namespaced_custom_object(
+            KSERVE_GROUP, KSERVE_VERSIONS[plural], body["metadata"]["namespace"], plural, body)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+
+
+def json_patch_kserve(namespace: str, plural: str, name: str, ops: list[dict[str, Any]]) -> None:
+    api = client.CustomObjectsApi(api_client())
+    # The generated client sends a list body as a JSON Patch (application/json-patch+json).
+    api.patch_namespaced_custom_object(KSERVE_GROUP, KSERVE_VERSIONS[plural], namespace, plural, name, ops)
+
+
+def delete_kserve(namespace: str, plural: str, name: str) -> None:
+    try:
+        client.CustomObjectsApi(api_client()).delete_namespaced_custom_object(
+            KSERVE_GROUP, KSERVE_VERSIONS[plural], namespace, plural, name)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 RECONCILES = Counter(
     "tunerag_reconcile_total", "Reconciles by kind and result.", ["kind", "result"]
@@ -19,3 +19,13 @@ RECONCILE_SECONDS = Histogram(
 
 def serve(port: int, address: str = "0.0.0.0") -> None:
     start_http_server(port, addr=address)
+
+ROLLOUT_WEIGHT = Gauge(
+    "tunerag_rollout_canary_weight", "Traffic percentage on the candidate adapter, by RolloutPolicy.", ["namespace", "name"]
+)
+ROLLOUT_OUTCOMES = Counter(
+    "tunerag_rollout_outcomes_total", "Finished rollouts by outcome (Promoted, RolledBack).", ["namespace", "name", "outcome"]
+)
+ROLLOUT_ANALYSIS = Counter(
+    "tunerag_rollout_analysis_total", "Analysis measurements by verdict.", ["namespace", "name", "verdict"]
+)

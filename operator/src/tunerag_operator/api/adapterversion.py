@@ -65,7 +65,7 @@ class AdapterVersionSpec(ApiModel):
 class AdapterVersionStatus(StatusBase):
     """Observed state of an AdapterVersion."""
 
-    phase: Literal["Pending", "Validated", "Rejected", "Canary", "Serving", "Retired", "Failed"] | None = Field(default=None, description="Lifecycle phase.")
+    phase: Literal["Pending", "Validated", "Rejected", "Canary", "Serving", "Retired", "RolledBack", "Failed"] | None = Field(default=None, description="Lifecycle phase.")
     served_by: list[str] = Field(default_factory=list, description="RolloutPolicies that currently serve this version.")
     job_name: str | None = Field(default=None, description="The Job that verified a hand-registered artifact.")
     verified_sha256: str | None = Field(default=None, description="sha256 the artifact was verified to have.")

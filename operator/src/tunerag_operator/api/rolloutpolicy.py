@@ -8,13 +8,21 @@ from pydantic import ConfigDict, Field
 
 from tunerag_operator.api.common import (
     DNS_LABEL,
+    SQL_IDENTIFIER,
     ApiModel,
     Duration,
     PodResources,
     ResourceRef,
+    SecretKeyRef,
     StatusBase,
     Uri,
 )
+
+# One-shot manual actions are annotations naming the candidate they apply to, so a stale action
+# (left over from an earlier rollout) never acts on a new candidate. `kubectl tunerag` sets them.
+PROMOTE_ANNOTATION = "tunerag.dev/promote"  # value: the candidate to promote now
+ABORT_ANNOTATION = "tunerag.dev/abort"  # value: the candidate to roll back now
+RESUME_ANNOTATION = "tunerag.dev/resume"  # value: "<candidate>/<step>": continue past an untimed pause
 
 
 class Target(ApiModel):
@@ -25,6 +33,7 @@ class Target(ApiModel):
     deployment_mode: Literal["Knative", "Standard"] = Field(default="Standard", description="KServe deployment mode: Knative (canaryTrafficPercent) or Standard (spec.canary).")
     runtime: Literal["tunerag", "vllm"] = Field(default="tunerag", description="tunerag's own server, or KServe's Hugging Face runtime with vLLM LoRA.")
     base_model: Uri
+    max_new_tokens: int = Field(default=64, ge=1, le=8192, description="Most tokens generated per request (tunerag runtime).")
     load_in_4bit: bool = Field(default=False, description="Load the base model 4-bit (tunerag runtime).")
     resources: PodResources = Field(default_factory=PodResources, description="Predictor resources.")
 
@@ -42,6 +51,15 @@ class Retrieval(ApiModel):
     vector_index: ResourceRef = Field(description="VectorIndex in the same namespace.")
     top_k: int = Field(default=4, ge=1, le=100, description="Chunks retrieved per request.")
     prompt_template: str = Field(default="Context:\n{context}\n\nQuestion: {question}\nAnswer:", max_length=8192, description="Prompt template with {context} and {question}.")
+    hybrid: bool = Field(default=False, description="Fuse full-text and vector search (reciprocal rank fusion).")
+
+
+class Feedback(ApiModel):
+    """The inference log: every exchange and the feedback posted on it, for continuous training."""
+
+    connection_secret: SecretKeyRef | None = Field(default=None, description="Secret key with the PostgreSQL URI; defaults to the retrieval VectorIndex's database.")
+    schema_: str = Field(default="public", alias="schema", pattern=SQL_IDENTIFIER, max_length=63, description="Schema of the feedback table.")
+    table: str = Field(default="tunerag_feedback", pattern=SQL_IDENTIFIER, max_length=63, description="Feedback table, created on first use.")
 
 
 class Pause(ApiModel):
@@ -138,9 +156,11 @@ class Metric(ApiModel):
 
 
 class Analysis(ApiModel):
-    """Metric analysis of the candidate."""
+    """Metric analysis of the candidate: each analysis step takes `count` measurements, `interval`
+    apart; more than `failureLimit` failed measurements in one rollout roll it back."""
 
     interval: Duration = "1m"
+    count: int = Field(default=1, ge=1, le=100, description="Passing measurements an analysis step needs before it moves on.")
     failure_limit: int = Field(default=2, ge=0, le=100, description="Failed checks tolerated before rolling back.")
     progress_deadline: Duration = "30m"
     prometheus_address: str | None = Field(default=None, pattern=r"^https?://[^\s]+$", max_length=1024, description="Prometheus for built-in metrics.")
@@ -154,21 +174,33 @@ class RolloutPolicySpec(ApiModel):
     target: Target = Field(description="The InferenceService.")
     adapter_selector: AdapterSelector = Field(description="Candidate adapters.")
     retrieval: Retrieval | None = Field(default=None, description="Retrieval from a VectorIndex.")
+    feedback: Feedback | None = Field(default=None, description="Log exchanges and feedback to PostgreSQL (needs a database: a connectionSecret, or retrieval's).")
     strategy: Strategy = Field(default_factory=lambda: Strategy(canary=Canary(step_weight=20)), description="Canary or A/B test.")
     analysis: Analysis = Field(default_factory=Analysis, description="Metric analysis.")
     promotion: Literal["Automatic", "Manual"] = Field(default="Automatic", description="Promote automatically after the last step, or wait for a promote.")
-    paused: bool = Field(default=False, description="Hold the rollout at its current step.")
-    abort: bool = Field(default=False, description="Roll back now and keep the stable version.")
+    paused: bool = Field(default=False, description="Hold the rollout at its current step (promote, abort and resume are annotations: see kubectl tunerag).")
 
 
 class AnalysisRun(ApiModel):
     """One analysis measurement."""
 
     time: str = Field(description="When it ran.")
+    candidate: str = Field(default="", description="AdapterVersion analysed.")
     step: int = Field(description="Step index.")
     weight: int = Field(description="Candidate weight at the time.")
     values: dict[str, float] = Field(default_factory=dict, description="Measured values by metric.")
     verdict: Literal["Passed", "Failed", "Inconclusive"] = Field(description="Outcome.")
+
+
+class AbTestResult(ApiModel):
+    """The state and outcome of an A/B test."""
+
+    started_at: str = Field(description="When both arms started taking traffic.")
+    samples: dict[str, int] = Field(default_factory=dict, description="Samples per arm (stable, candidate).")
+    rates: dict[str, float] = Field(default_factory=dict, description="Success or feedback rate per arm.")
+    z_score: float | None = Field(default=None, description="Two-proportion z statistic (candidate minus stable).")
+    p_value: float | None = Field(default=None, description="Two-sided p-value.")
+    decision: Literal["Running", "CandidateBetter", "NoDifference", "StableBetter", "Inconclusive"] = Field(default="Running", description="Outcome of the test.")
 
 
 class RolloutRecord(ApiModel):
@@ -187,7 +219,15 @@ class RolloutPolicyStatus(StatusBase):
     stable: str | None = Field(default=None, description="AdapterVersion serving most traffic.")
     candidate: str | None = Field(default=None, description="AdapterVersion being rolled out.")
     current_step: int | None = Field(default=None, description="Index of the current step.")
+    step_started_at: str | None = Field(default=None, description="When the current step started.")
+    rollout_started_at: str | None = Field(default=None, description="When the current rollout started.")
+    promoting: bool = Field(default=False, description="The candidate passed its steps and is being made the only version served.")
+    parked: str | None = Field(default=None, description="Knative mode: the last rolled-back candidate, whose revision stays at 0% until the next rollout.")
+    family_digest: str | None = Field(default=None, description="The adapter family's versions and phases as of the last pass (internal).")
+    last_sync: str | None = Field(default=None, description="When the InferenceService was last compared with the desired state.")
+    message: str | None = Field(default=None, description="What the rollout is doing or waiting for.")
     canary_weight: int | None = Field(default=None, description="Candidate traffic percentage.")
     failed_checks: int = Field(default=0, description="Failed analysis checks in this rollout.")
     analysis_runs: list[AnalysisRun] = Field(default_factory=list, max_length=50, description="Recent analysis runs (bounded).")
+    ab_test: AbTestResult | None = Field(default=None, description="The running or last A/B test.")
     history: list[RolloutRecord] = Field(default_factory=list, max_length=20, description="Finished rollouts (bounded).")

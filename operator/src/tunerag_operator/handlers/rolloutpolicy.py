@@ -1,12 +1,29 @@
-"""RolloutPolicy reconcile."""
+"""RolloutPolicy: a timer runs the rollout state machine (tunerag_operator.rollout.controller)
+every TUNERAG_ROLLOUT_TICK seconds per policy. Candidates come from an in-memory index of the
+AdapterVersions by (namespace, family), so an idle policy costs no API calls to find one."""
 
 from __future__ import annotations
 
-from tunerag_operator import references
-from tunerag_operator.api.kinds import ROLLOUTPOLICY, VECTORINDEX
+import os
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from tunerag_operator import durations, metrics, references
+from tunerag_operator.api.common import GROUP, VERSION
+from tunerag_operator.api.kinds import ADAPTERVERSION, ROLLOUTPOLICY, VECTORINDEX
 from tunerag_operator.api.rolloutpolicy import RolloutPolicySpec
-from tunerag_operator.handlers.base import register
+from tunerag_operator.conditions import set_condition
+from tunerag_operator.config import OperatorConfig
+from tunerag_operator.handlers.base import describe_validation_error
 from tunerag_operator.references import Problem
+from tunerag_operator.rollout.controller import Blocked, Pass, serving_binding, versions
+
+TICK = float(os.environ.get("TUNERAG_ROLLOUT_TICK", "5"))
+# A settled policy (nothing rolling out, nothing new) re-reads its InferenceService this often, to
+# repair drift; in between its passes make no API calls.
+RESYNC = float(os.environ.get("TUNERAG_ROLLOUT_RESYNC", "60"))
 
 
 def check(spec: RolloutPolicySpec, namespace: str) -> list[Problem]:
@@ -14,7 +31,94 @@ def check(spec: RolloutPolicySpec, namespace: str) -> list[Problem]:
     if spec.retrieval is not None:
         problems += references.custom(namespace, VECTORINDEX.plural, VECTORINDEX.kind,
                                       spec.retrieval.vector_index.name, "spec.retrieval.vectorIndex")
+    if spec.feedback is not None and spec.feedback.connection_secret is not None:
+        ref = spec.feedback.connection_secret
+        problems += references.secret_key(namespace, ref.name, ref.key, "spec.feedback.connectionSecret")
     return problems
 
 
-register(ROLLOUTPOLICY, check, initial_phase="Idle")
+@kopf.index(GROUP, VERSION, ADAPTERVERSION.plural)
+def adapter_families(namespace: str | None, name: str, spec: kopf.Spec, status: kopf.Status, **_: Any) -> dict[Any, Any]:
+    artifact = spec.get("artifact") or {}
+    return {(namespace, spec.get("family")): {
+        "name": name, "version": spec.get("version") or 0, "phase": status.get("phase"),
+        "uri": artifact.get("uri", ""), "sha256": artifact.get("sha256", ""),
+        "baseModel": (spec.get("baseModel") or {}).get("uri", ""),
+    }}
+
+
+def _settled(body: kopf.Body, family: dict[str, Any]) -> bool:
+    """Nothing to do but wait: no rollout on, no version newer than the last pass saw, and the
+    last look at the InferenceService is recent."""
+    st = body.status
+    return (not st.get("candidate") and st.get("phase") in ("Promoted", "RolledBack", "Idle")
+            and st.get("observedGeneration") == body.meta.get("generation")
+            and st.get("familyDigest") == _digest(family)
+            and st.get("lastSync") is not None and durations.since(st["lastSync"]) < RESYNC)
+
+
+def _digest(family: dict[str, Any]) -> str:
+    return ",".join(f"{v.name}:{v.phase}" for v in sorted(family.values(), key=lambda v: v.version))
+
+
+@kopf.timer(GROUP, VERSION, ROLLOUTPOLICY.plural, id="rollout", interval=TICK, sharp=False)
+def rollout(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kwargs: Any) -> None:
+    index: kopf.Index[Any, Any] = kwargs["adapter_families"]
+    config = memo.get("config") or OperatorConfig.defaults()
+    ns = body.meta["namespace"]
+    generation = body.meta.get("generation")
+    before = [dict(c) for c in body.status.get("conditions") or []]
+    conds = before
+    try:
+        spec = RolloutPolicySpec.model_validate(dict(body.spec))
+    except ValidationError as exc:
+        message = describe_validation_error(exc)
+        conds = set_condition(conds, "Accepted", "False", "InvalidSpec", message, generation)
+        conds = set_condition(conds, "Ready", "False", "InvalidSpec", message, generation)
+        _write(body, patch, before, conds, {"phase": "Failed"}, generation)
+        return
+    family = versions(index.get((ns, spec.adapter_selector.family), []))
+    if _settled(body, family):
+        return
+    problems = check(spec, ns)
+    if problems:
+        message = " ".join(p.message for p in problems)
+        conds = set_condition(conds, "Accepted", "False", problems[0].reason, message, generation)
+        conds = set_condition(conds, "Ready", "False", problems[0].reason, message, generation)
+        metrics.RECONCILE_ERRORS.labels(ROLLOUTPOLICY.kind, problems[0].reason).inc()
+        _write(body, patch, before, conds, {"phase": body.status.get("phase") or "Idle"}, generation)
+        return
+    conds = set_condition(conds, "Accepted", "True", "Accepted", "The spec is valid and every reference resolves.", generation)
+    raw = {"metadata": dict(body.meta), "status": dict(body.status), "apiVersion": body.get("apiVersion"), "kind": body.get("kind")}
+    try:
+        serving = serving_binding(spec, raw, config.workloads_image)
+        outcome = Pass(raw, spec, family, serving).run()
+    except Blocked as exc:
+        conds = set_condition(conds, "Ready", "False", exc.reason, exc.message, generation)
+        _write(body, patch, before, conds, {"phase": body.status.get("phase") or "Idle", "message": exc.message}, generation)
+        return
+    ready_status, reason, message = outcome.ready
+    conds = set_condition(conds, "Ready", ready_status, reason, message, generation)  # type: ignore[arg-type]
+    fields = {**outcome.status, "familyDigest": _digest(family), "lastSync": _now()}
+    fields.setdefault("phase", body.status.get("phase") or "Idle")
+    _write(body, patch, before, conds, fields, generation)
+
+
+def _now() -> str:
+    from tunerag_operator.conditions import now
+
+    return now()
+
+
+def _write(body: kopf.Body, patch: kopf.Patch, before: list[dict[str, Any]], conds: list[dict[str, Any]],
+           fields: dict[str, Any], generation: int | None) -> None:
+    for key, value in fields.items():
+        patch.status[key] = value
+    patch.status["conditions"] = conds
+    patch.status["observedGeneration"] = generation
+    for type_ in ("Accepted", "Ready"):
+        old = next((c for c in before if c["type"] == type_), None)
+        new = next((c for c in conds if c["type"] == type_), None)
+        if new and (old is None or (old["status"], old["reason"]) != (new["status"], new["reason"])) and new["status"] == "False" \
+                and new["reason"] not in ("Progressing", "Promoting", "Waiting", "NoCandidate"):
+            kopf.warn(body, reason=new["reason"], message=new["message"])

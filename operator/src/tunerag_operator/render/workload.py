@@ -7,6 +7,7 @@ Pods run with no Kubernetes credentials and meet the `restricted` PodSecurity pr
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,16 @@ CONTAINER = "workload"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "tunerag"}
 TERMINATION_LOG = "/dev/termination-log"
 EXIT_USER_ERROR = 2  # the workload contract: a failure the user must fix; retrying cannot help
+# The `restricted` PodSecurity profile, for every pod tunerag renders.
+CONTAINER_SECURITY: dict[str, Any] = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+POD_SECURITY: dict[str, Any] = {
+    "runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 65532,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
 
 
 @dataclass(frozen=True)
@@ -87,7 +98,7 @@ def config_map(run: WorkloadRun) -> dict[str, Any]:
     }
 
 
-def _resources(r: PodResources) -> dict[str, Any]:
+def container_resources(r: PodResources) -> dict[str, Any]:
     requests: dict[str, str] = {}
     limits: dict[str, str] = {}
     if r.cpu:
@@ -135,24 +146,17 @@ def job(run: WorkloadRun) -> dict[str, Any]:
         "volumeMounts": mounts,
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": copy.deepcopy(CONTAINER_SECURITY),
     }
     if run.env_from_secret:
         container["envFrom"] = [{"secretRef": {"name": run.env_from_secret}}]
-    if resources := _resources(r):
+    if resources := container_resources(r):
         container["resources"] = resources
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "securityContext": {
-            "runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 65532,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": copy.deepcopy(POD_SECURITY),
         "containers": [container],
         "volumes": volumes,
     }

@@ -1,0 +1,136 @@
+"""The A/B test: the stable service and a second one (`<service>-b`) serving the candidate, behind
+a KServe InferenceGraph Splitter, for `duration`; then a two-proportion z-test on the success rate
+(requests without server error) or the positive-feedback rate decides. Only a candidate that is
+better at the stated confidence is promoted; otherwise the stable stays and the candidate is
+marked RolledBack. Too few samples after three durations is Inconclusive: the stable stays."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from tunerag_operator import durations, kubeapi, metrics
+from tunerag_operator.conditions import now
+from tunerag_operator.render import inferenceservice as render
+from tunerag_operator.render.inferenceservice import Desired
+from tunerag_operator.rollout import analysis
+from tunerag_operator.rollout.stats import two_proportion_z
+
+if TYPE_CHECKING:
+    from tunerag_operator.rollout.controller import Pass
+
+_SEL = 'namespace="{ns}",service="{svc}",adapter_version="{version}"'
+QUERIES = {
+    "successRate": (
+        'sum(increase(tunerag_serve_requests_total{{{sel},outcome="ok"}}[{window}])) or vector(0)',
+        "sum(increase(tunerag_serve_requests_total{{{sel}}}[{window}]))",
+    ),
+    "feedbackRate": (
+        'sum(increase(tunerag_serve_feedback_total{{{sel},label="positive"}}[{window}])) or vector(0)',
+        "sum(increase(tunerag_serve_feedback_total{{{sel}}}[{window}]))",
+    ),
+}
+
+
+def b_service(p: Pass) -> str:
+    return f"{p.serving.service}-b"
+
+
+def _arm(p: Pass, service: str, version: str, window: str) -> tuple[int, int] | None:
+    ab = p.spec.strategy.ab_test
+    assert ab is not None
+    address = p.spec.analysis.prometheus_address or ""
+    if not address:
+        return None
+    sel = _SEL.format(ns=p.ns, svc=service, version=version)
+    good_q, total_q = QUERIES[ab.metric]
+    try:
+        good = analysis.query(address, good_q.format(sel=sel, window=window))
+        total = analysis.query(address, total_q.format(sel=sel, window=window))
+    except OSError:
+        return None
+    if good is None or total is None:
+        return None
+    return round(good), round(total)
+
+
+def ab_pass(p: Pass) -> None:
+    ab = p.spec.strategy.ab_test
+    assert ab is not None
+    stable, cand = p.status.get("stable"), p.status.get("candidate")
+    if p.status.get("promoting"):
+        return p.progress()  # the family's first version, deployed without a test
+    if cand is None:
+        rolled_back = [h["candidate"] for h in p.status.get("history") or [] if h.get("outcome") == "RolledBack"]
+        from tunerag_operator.rollout.controller import select
+
+        new = select(p.spec, p.family, stable, rolled_back)
+        if new is None or stable is None:
+            # Nothing to compare with: the first version is deployed like a canary's first one.
+            return p.idle()
+        p.set(candidate=new.name, rolloutStartedAt=now(), phase="Progressing", currentStep=0, canaryWeight=ab.split,
+              abTest={"startedAt": now(), "decision": "Running", "samples": {}, "rates": {}},
+              message=f"A/B test of {new.name} against {stable} for {ab.duration}.")
+        p.mark_adapter(new.name, "Canary", served=True)
+        p.event("ABTestStarted", f"A/B test: {ab.split}% to {new.name}, {100 - ab.split}% to {stable}, for {ab.duration}.")
+    cand = str(p.status["candidate"])
+    _sync(p, stable, cand)
+    result: dict[str, Any] = dict(p.status.get("abTest") or {})
+    elapsed = durations.since(result.get("startedAt") or now())
+    duration = durations.seconds(ab.duration)
+    p.out.ready = ("False", "ABTestRunning", f"A/B test of {cand}: {elapsed:.0f}s of {ab.duration}.")
+    if p.annotations.get("tunerag.dev/abort") == cand:
+        return _finish(p, stable, cand, "RolledBack", "Aborted by hand.", result)
+    if elapsed < duration:
+        return None
+    window = f"{max(int(elapsed), 2)}s"
+    a, b = _arm(p, p.serving.service, str(stable), window), _arm(p, b_service(p), cand, window)
+    if a is None or b is None:
+        p.set(phase="Paused", message="A/B test: Prometheus has no answer yet; waiting.")
+        p.out.ready = ("False", "AnalysisInconclusive", p.status["message"])
+        return None
+    result["samples"] = {"stable": a[1], "candidate": b[1]}
+    if min(a[1], b[1]) < ab.min_samples:
+        if elapsed > 3 * duration:
+            result["decision"] = "Inconclusive"
+            return _finish(p, stable, cand, "RolledBack", f"too few samples after {3 * duration:g}s: {a[1]} and {b[1]} < {ab.min_samples}.", result)
+        p.set(abTest=result, message=f"A/B test: {a[1]} and {b[1]} samples, waiting for {ab.min_samples} per arm.")
+        return None
+    z = two_proportion_z(a[0], a[1], b[0], b[1])
+    result.update(rates={"stable": z.rate_a, "candidate": z.rate_b}, zScore=z.z, pValue=z.p_value)
+    significant = z.p_value < 1 - ab.confidence
+    if significant and z.z > 0:
+        result["decision"] = "CandidateBetter"
+        return _finish(p, stable, cand, "Promoted", f"{ab.metric} {z.rate_b:.3f} vs {z.rate_a:.3f}, p={z.p_value:.3g}.", result)
+    result["decision"] = "StableBetter" if significant else "NoDifference"
+    return _finish(p, stable, cand, "RolledBack", f"{ab.metric} {z.rate_b:.3f} vs {z.rate_a:.3f}, p={z.p_value:.3g}: not better at {ab.confidence:g}.", result)
+
+
+def _sync(p: Pass, stable: str | None, cand: str) -> None:
+    """The stable service, the candidate's `-b` service and the Splitter graph, while the test runs."""
+    mode = p.mode
+    s = p.serving
+    p.sync_service()
+    for body in (render.inference_service(s, mode, Desired(stable=p.adapter(cand)), name=b_service(p)),
+                 render.ab_graph(s, s.service, b_service(p), p.spec.strategy.ab_test.split if p.spec.strategy.ab_test else 50)):
+        plural = "inferenceservices" if body["kind"] == "InferenceService" else "inferencegraphs"
+        if kubeapi.get_kserve(p.ns, plural, body["metadata"]["name"]) is None:
+            kubeapi.create_kserve(body)
+
+
+def _finish(p: Pass, stable: str | None, cand: str, outcome: str, why: str, result: dict[str, Any]) -> None:
+    record = {"candidate": cand, "outcome": outcome, "time": now(), "reason": why[:1024]}
+    history = [*(p.status.get("history") or []), record][-20:]
+    new_stable = cand if outcome == "Promoted" else stable
+    p.set(stable=new_stable, candidate=None, currentStep=None, canaryWeight=0, abTest=result, history=history,
+          phase=outcome, message=f"A/B test of {cand}: {outcome} ({why})")
+    if outcome == "Promoted":
+        p.mark_adapter(cand, "Serving", served=True)
+        p.mark_adapter(stable, "Retired", served=False)
+    else:
+        p.mark_adapter(cand, "RolledBack", served=False)
+    p.sync_service()  # the stable service now serves the winner
+    kubeapi.delete_kserve(p.ns, "inferencegraphs", f"{p.serving.service}-ab")
+    kubeapi.delete_kserve(p.ns, "inferenceservices", b_service(p))
+    metrics.ROLLOUT_OUTCOMES.labels(p.ns, p.name, outcome).inc()
+    p.event("ABTestFinished", f"{cand}: {outcome}. {why}", warning=outcome != "Promoted")
+    p.out.ready = ("True", "Serving", f"{new_stable} serves all traffic; A/B test {outcome}.")

@@ -1,0 +1,112 @@
+"""Metric analysis against Prometheus: built-in error rate and p95 latency from the serving
+workload's own metrics, or any PromQL template. No answer (Prometheus unreachable, an empty result,
+NaN) is *Inconclusive*: the rollout waits, it never promotes on missing data."""
+
+from __future__ import annotations
+
+import json
+import math
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Literal
+
+from tunerag_operator.api.rolloutpolicy import Analysis, Metric
+
+Verdict = Literal["Passed", "Failed", "Inconclusive"]
+TIMEOUT = 5.0
+
+_SELECTOR = 'namespace="{{namespace}}",service="{{service}}",adapter_version="{{candidate}}"'
+BUILTIN = {
+    "errorRate": (
+        f'(sum(rate(tunerag_serve_requests_total{{{_SELECTOR},outcome="error"}}[{{{{window}}}}])) or vector(0))'
+        f" / sum(rate(tunerag_serve_requests_total{{{_SELECTOR}}}[{{{{window}}}}]))"
+    ),
+    "latencyP95": (
+        f"histogram_quantile(0.95, sum by (le) (rate(tunerag_serve_request_seconds_bucket{{{_SELECTOR}}}[{{{{window}}}}])))"
+    ),
+}
+
+
+@dataclass
+class Measurement:
+    verdict: Verdict
+    values: dict[str, float] = field(default_factory=dict)
+    failed: list[str] = field(default_factory=list)  # "metric value outside [min, max]"
+    inconclusive: list[str] = field(default_factory=list)  # "metric: why"
+
+
+def render_query(template: str, names: dict[str, str]) -> str:
+    out = template
+    for key, value in names.items():
+        out = out.replace("{{" + key + "}}", value)
+    return out
+
+
+def window(seconds: float) -> str:
+    return f"{max(int(seconds), 2)}s"
+
+
+def query(address: str, promql: str) -> float | None:
+    """The query's single value, or None for no data. Raises OSError when Prometheus is
+    unreachable or answers with an error."""
+    url = address.rstrip("/") + "/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+    try:
+        with urllib.request.urlopen(url, timeout=TIMEOUT) as resp:
+            body = json.loads(resp.read())
+    except (urllib.error.URLError, TimeoutError, ValueError) as exc:
+        raise OSError(f"Prometheus at {address} did not answer: {exc}") from exc
+    if body.get("status") != "success":
+        raise OSError(f"Prometheus refused the query: {body.get('error', body)}")
+    data = body.get("data") or {}
+    result = data.get("result")
+    if data.get("resultType") == "scalar":
+        values = [result[1]] if result else []
+    else:
+        values = [r["value"][1] for r in result or []]
+    if len(values) != 1:
+        return None
+    value = float(values[0])
+    return None if math.isnan(value) or math.isinf(value) else value
+
+
+def measure(analysis: Analysis, metrics: tuple[str, ...], names: dict[str, str], interval_s: float) -> Measurement:
+    """One measurement of the selected metrics (all when `metrics` is empty)."""
+    chosen: list[Metric] = [m for m in analysis.metrics if not metrics or m.name in metrics]
+    out = Measurement("Passed")
+    if not chosen:
+        out.verdict = "Inconclusive"
+        out.inconclusive.append("no metrics: define spec.analysis.metrics")
+        return out
+    subst = {**names, "window": window(interval_s)}
+    for m in chosen:
+        if m.prometheus is not None:
+            address, template = m.prometheus.address, m.prometheus.query
+        else:
+            address, template = analysis.prometheus_address or "", BUILTIN[m.builtin or "errorRate"]
+        if not address:
+            out.inconclusive.append(f"{m.name}: no Prometheus address (spec.analysis.prometheusAddress)")
+            continue
+        try:
+            value = query(address, render_query(template, subst))
+        except OSError as exc:
+            out.inconclusive.append(f"{m.name}: {exc}")
+            continue
+        if value is None:
+            out.inconclusive.append(f"{m.name}: no data yet")
+            continue
+        out.values[m.name] = value
+        lo, hi = m.threshold_range.min, m.threshold_range.max
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            out.failed.append(f"{m.name} = {value:.4g} outside [{'' if lo is None else f'{lo:g}'}, {'' if hi is None else f'{hi:g}'}]")
+    if out.failed:
+        out.verdict = "Failed"
+    elif out.inconclusive:
+        out.verdict = "Inconclusive"
+    return out
+
+
+def counts(address: str, promql: str) -> float | None:
+    """A counter-style query for the A/B test (None: no data)."""
+    return query(address, promql)

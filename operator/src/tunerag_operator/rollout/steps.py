@@ -1,0 +1,53 @@
+"""A canary strategy as a flat list of steps (the stepWeight/maxWeight shorthand expanded)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from tunerag_operator import durations
+from tunerag_operator.api.rolloutpolicy import Canary
+
+
+@dataclass(frozen=True)
+class Step:
+    kind: Literal["setWeight", "pause", "analysis"]
+    weight: int = 0
+    duration: float | None = None  # pause: seconds; None waits for a resume
+    metrics: tuple[str, ...] = ()  # analysis: metric names; empty runs them all
+
+    def describe(self) -> str:
+        if self.kind == "setWeight":
+            return f"setWeight {self.weight}"
+        if self.kind == "pause":
+            return "pause until resumed" if self.duration is None else f"pause {self.duration:g}s"
+        return "analysis" + (f" ({', '.join(self.metrics)})" if self.metrics else "")
+
+
+def expand(canary: Canary) -> list[Step]:
+    """`steps` as written, or `stepWeight` up to `maxWeight`, each weight followed by an analysis;
+    promotion (to 100%) follows the last step either way."""
+    if canary.steps:
+        out = []
+        for s in canary.steps:
+            if s.set_weight is not None:
+                out.append(Step("setWeight", weight=s.set_weight))
+            elif s.pause is not None:
+                out.append(Step("pause", duration=durations.seconds(s.pause.duration) if s.pause.duration else None))
+            elif s.analysis is not None:
+                out.append(Step("analysis", metrics=tuple(s.analysis.metrics)))
+        return out
+    step = canary.step_weight or canary.max_weight
+    weights = list(range(step, canary.max_weight + 1, step))
+    if not weights or weights[-1] != canary.max_weight:
+        weights.append(canary.max_weight)
+    return [s for w in weights for s in (Step("setWeight", weight=w), Step("analysis"))]
+
+
+def last_weight(steps: list[Step], upto: int) -> int:
+    """The candidate's weight once steps [0, upto) have run."""
+    weight = 0
+    for s in steps[:upto]:
+        if s.kind == "setWeight":
+            weight = s.weight
+    return weight
