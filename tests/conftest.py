@@ -39,7 +39,8 @@ def operator(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFacto
     """The operator as a child process (as in its pod), watching the whole local cluster."""
     proc = OperatorProcess(
         control_plane.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log",
-        extra_env={"TUNERAG_RETRY_DELAY": "2", "TUNERAG_PROGRESS_INTERVAL": "1"},
+        extra_env={"TUNERAG_RETRY_DELAY": "2", "TUNERAG_PROGRESS_INTERVAL": "1", "TUNERAG_ROLLOUT_TICK": "1",
+                   "TUNERAG_ROLLOUT_RESYNC": "5"},
     )
     proc.start()
     yield proc

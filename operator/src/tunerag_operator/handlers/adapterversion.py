@@ -19,7 +19,7 @@ from tunerag_operator.references import Problem
 from tunerag_operator.render.workload import Owner, WorkloadRun, run_name
 from tunerag_operator.runstate import RunState
 
-SERVING_PHASES = ("Canary", "Serving", "Retired")
+SERVING_PHASES = ("Canary", "Serving", "Retired", "RolledBack")
 
 
 def check(spec: AdapterVersionSpec, namespace: str) -> list[Problem]:
