@@ -547,6 +547,23 @@ class JobRunner:
         """The local folder that stands for a PersistentVolumeClaim's volume."""
         return self.workdir / "pvc" / namespace / claim
 
+    def prepare_container(self, pod: Obj, root: Path) -> tuple[list[str], dict[str, str], Path]:
+        """This kubelet's preparation of a Pod's first container, without running it, for other
+        harnesses that run containers (substrate.kserve): the volumes materialised under `root`
+        (a persistentVolumeClaim is `claim_path`), the environment as for a Job's Pod (then
+        `env_overrides`), the argv with `$(VAR)` expanded, and the working folder, with every
+        mounted path mapped to its local folder. Returns (argv, env, cwd); raises `ConfigError`
+        while a referenced Secret, ConfigMap or key is missing."""
+        container = pod["spec"]["containers"][0]
+        root.mkdir(parents=True, exist_ok=True)
+        mounts = self._materialise_volumes(pod, container, root)
+        env = self._container_env(pod, container)
+        paths = PathMap({**mounts, **self._mount_parents(mounts, root / "rootfs")})
+        env = {**env, **self.env_overrides, "JOBRUNNER_PATH_MAP": json.dumps({k: str(v) for k, v in paths.mapping.items()})}
+        env = {k: paths(v) for k, v in env.items()}
+        argv = [paths(expand_vars(a, env)) for a in (container.get("command") or []) + (container.get("args") or [])]
+        return argv, env, self._working_dir(container, paths, root)
+
     def processes(self) -> dict[tuple[str, str], int]:
         """(namespace, pod) -> pid of the processes running now."""
         with self._lock:
