@@ -67,3 +67,22 @@ def job_runner(api: client.ApiClient, tmp_path_factory: pytest.TempPathFactory) 
     substrate.jobrunner."""
     with JobRunner(api, workdir=tmp_path_factory.mktemp("jobrunner"), env_overrides=runner_env()) as runner:
         yield runner
+
+
+from substrate.kserve import KServeController  # noqa: E402  (appended with its fixture)
+
+
+@pytest.fixture(scope="session")
+def kserve(
+    api: client.ApiClient, kserve_crds: None, job_runner: JobRunner, prometheus: Prometheus,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[KServeController]:
+    """Plays KServe's controller, Knative Serving / Deployments and the ingress for every
+    namespace of the session's control plane (substrate.kserve): each InferenceService's predictor
+    container runs as a local process (prepared by `job_runner`'s kubelet code, so its PVCs are
+    the runner's claim folders), behind a loopback router at `status.url`; an InferenceGraph
+    Splitter gets a router too; status is written as KServe writes it; the ready processes are
+    `prometheus`'s scrape targets. Hooks: `url_of`, `components`, `log_path`, `kill`, `errors`."""
+    with KServeController(api, job_runner, prometheus=prometheus,
+                          workdir=tmp_path_factory.mktemp("kserve")) as controller:
+        yield controller
