@@ -6,9 +6,11 @@ always resolved in the resource's namespace: there is no field that could name a
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from tunerag_operator import kubeapi
+from tunerag_operator.api.common import DNS_SUBDOMAIN
 
 PROBLEM_REASONS = (
     "SecretNotFound", "SecretKeyNotFound", "ConfigMapNotFound", "PersistentVolumeClaimNotFound",
@@ -58,6 +60,11 @@ def uri(namespace: str, value: str, purpose: str) -> list[Problem]:
     claim = claim_of(value)
     if claim is None:
         return []
+    if not re.fullmatch(DNS_SUBDOMAIN, claim) or len(claim) > 253:
+        # Checked before the API is asked: GET .../persistentvolumeclaims/ (an empty name) is a list
+        # and answers 200, so `pvc:///etc` would pass as an existing claim and mount nothing.
+        return [Problem("PersistentVolumeClaimNotFound",
+                        f"{purpose} {value!r} names no valid PersistentVolumeClaim; write pvc://<claim>/<path>.")]
     if kubeapi.get_pvc(namespace, claim) is None:
         return [Problem("PersistentVolumeClaimNotFound",
                         f"PersistentVolumeClaim {namespace}/{claim} ({purpose}, {value}) does not exist; create it or fix the URI.")]
