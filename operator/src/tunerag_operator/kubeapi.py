@@ -54,8 +54,14 @@ def get_custom(namespace: str, plural: str, name: str) -> dict[str, Any] | None:
     return _get(api.get_namespaced_custom_object, GROUP, VERSION, namespace, plural, name)
 
 
+class Refused(Exception):
+    """The API server refused an object the operator rendered from a spec (422 Invalid): a value
+    admission let through that the object's own validation does not (a nodeSelector key, say)."""
+
+
 def create_if_absent(body: dict[str, Any]) -> bool:
-    """Creates a ConfigMap or Job; False when one of that name already exists (idempotent)."""
+    """Creates a ConfigMap or Job; False when one of that name already exists (idempotent).
+    Raises Refused when the API server finds the object invalid."""
     ns = body["metadata"]["namespace"]
     create = {
         "ConfigMap": client.CoreV1Api(api_client()).create_namespaced_config_map,
@@ -66,6 +72,12 @@ def create_if_absent(body: dict[str, Any]) -> bool:
     except ApiException as exc:
         if exc.status == 409:
             return False
+        if exc.status == 422:
+            try:
+                message = str(json.loads(exc.body)["message"])
+            except (TypeError, ValueError, KeyError):
+                message = str(exc.body)
+            raise Refused(message[:2000]) from None
         raise
     return True
 

@@ -16,7 +16,7 @@ from typing import Any
 import kopf
 from pydantic import BaseModel, ValidationError
 
-from tunerag_operator import metrics
+from tunerag_operator import kubeapi, metrics
 from tunerag_operator.api.common import GROUP, VERSION
 from tunerag_operator.api.kinds import Kind
 from tunerag_operator.conditions import Conditions, get_condition, set_condition
@@ -80,7 +80,16 @@ def reconcile(
         if ready is None or ready["reason"] in ("InvalidSpec", *PROBLEM_REASONS):
             conds = set_condition(conds, "Ready", "False", "Waiting", f"{kind.kind} accepted; waiting for its pipeline.", generation)
         if act is not None:
-            updates = act(spec, body, config)
+            try:
+                updates = act(spec, body, config)
+            except kubeapi.Refused as exc:
+                # Retrying cannot help: the spec must change (which starts a new reconcile).
+                message = f"The API server refused the workload rendered from this spec; fix the spec: {exc}"
+                conds = set_condition(conds, "Accepted", "False", "InvalidSpec", message, generation)
+                conds = set_condition(conds, "Ready", "False", "InvalidSpec", message, generation)
+                phase = "Failed"
+                metrics.RECONCILE_ERRORS.labels(kind.kind, "InvalidSpec").inc()
+                return
             phase = updates.pop("phase", phase)
             if ready_update := updates.pop("ready", None):
                 ready_status, ready_reason, ready_message = ready_update
