@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable
@@ -57,14 +58,37 @@ def write_result(result: dict[str, Any]) -> None:
     Path(os.environ.get("TUNERAG_RESULT_PATH", "/dev/termination-log")).write_text(text)
 
 
+CLAIM_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+
+
 def resolve_uri(uri: str) -> str:
-    """Maps a spec URI to what fsspec or the filesystem can open inside the pod."""
+    """Maps a spec URI to what fsspec or the filesystem can open inside the pod.
+
+    A pvc:// URI stays inside its claim's mount: one that names no valid claim (`pvc:///etc`), has
+    `..` segments, or reaches outside through a symbolic link is refused (InvalidUri), as is any
+    URI with control characters."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in uri):
+        raise WorkloadError("InvalidUri", f"the URI {uri!r} contains control characters")
     if uri.startswith("pvc://"):
-        root = os.environ.get("TUNERAG_PVC_ROOT", "/mnt/pvc")
-        return str(Path(root) / uri.removeprefix("pvc://"))
+        claim, _, rest = uri.removeprefix("pvc://").partition("/")
+        if not CLAIM_NAME.fullmatch(claim) or ".." in rest.split("/"):
+            raise WorkloadError("InvalidUri", f"the URI {uri!r} is not pvc://<claim>/<path> inside the claim")
+        volume = Path(os.environ.get("TUNERAG_PVC_ROOT", "/mnt/pvc")) / claim
+        target = Path(os.path.normpath(f"{volume}/{rest}"))
+        if escapes(str(volume), str(target)):
+            raise WorkloadError("InvalidUri", f"the URI {uri!r} leads outside the claim {claim} (a symbolic link?)")
+        return str(target)
     if uri.startswith("file://"):
         return uri.removeprefix("file://")
     return uri
+
+
+def escapes(root: str, path: str) -> bool:
+    """Whether the local `path`, symbolic links followed, lies outside `root` (itself resolved):
+    a link in a volume must not make a workload read the container's own files (its environment
+    in /proc/self/environ holds its secrets)."""
+    real_root, real = os.path.realpath(root), os.path.realpath(path)
+    return real != real_root and not real.startswith(real_root.rstrip("/") + "/")
 
 
 def run(main: Callable[[dict[str, Any]], dict[str, Any]], argv: list[str] | None = None) -> None:

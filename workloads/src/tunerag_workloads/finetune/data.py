@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
-from tunerag_workloads.contract import WorkloadError, resolve_uri
+from tunerag_workloads.contract import WorkloadError, escapes, resolve_uri
 from tunerag_workloads.finetune.spec import DatasetSource, FineTuneSpec
 
 MAX_EXAMPLES = 3
@@ -80,6 +81,9 @@ def _files(uri: str, fmt: str) -> tuple[fsspec.AbstractFileSystem, list[str]]:
             files = sorted(p for p in fs.find(path) if p.endswith("." + fmt))
             if not files:
                 raise WorkloadError("DatasetNotFound", f"{uri} is a folder with no .{fmt} files")
+            if isinstance(fs, LocalFileSystem) and (out := [p for p in files if escapes(path, p)]):
+                raise WorkloadError("LinkOutsideFolder", f"{uri}: {out[0][len(path):].lstrip('/')!r} is a symbolic link "
+                                                         "to a path outside the dataset folder; remove it")
             return fs, files
         if fs.exists(path):
             return fs, [path]

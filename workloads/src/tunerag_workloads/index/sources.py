@@ -13,8 +13,9 @@ from functools import lru_cache
 from typing import Any
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
-from tunerag_workloads.contract import WorkloadError, resolve_uri
+from tunerag_workloads.contract import WorkloadError, escapes, resolve_uri
 
 from .spec import Source
 
@@ -35,6 +36,7 @@ class SourceFile:
     path: str  # relative to the source root, posix separators: the document's key
     full_path: str  # what the filesystem opens
     format: str | None  # None: not a format this run reads
+    outside: bool = False  # a symbolic link out of the source folder: never read
 
 
 @dataclass
@@ -122,6 +124,7 @@ def list_source(source: Source, source_dir: str | None = None) -> tuple[Any, lis
             raise
         except (OSError, PermissionError) as exc:
             raise WorkloadError("SourceUnreadable", f"cannot list the source {source.uri}: {type(exc).__name__}: {exc}") from exc
+    local = isinstance(fs, LocalFileSystem)
     files = []
     for rel, full in sorted(pairs):
         rel = rel.replace(os.sep, "/")
@@ -130,11 +133,16 @@ def list_source(source: Source, source_dir: str | None = None) -> tuple[Any, lis
         if not matches(rel, source.include) or matches(rel, source.exclude):
             continue
         fmt = EXTENSIONS.get(os.path.splitext(rel)[1].lower())
-        files.append(SourceFile(rel, full, fmt if fmt in source.formats else None))
+        files.append(SourceFile(rel, full, fmt if fmt in source.formats else None, local and escapes(root, full)))
     return fs, files
 
 
+OUTSIDE = "a symbolic link to a path outside the source folder"
+
+
 def read_bytes(fs: Any, file: SourceFile) -> bytes:
+    if file.outside:
+        raise SkipFile(OUTSIDE)
     try:
         data: bytes = fs.cat_file(file.full_path)
     except (OSError, PermissionError) as exc:
@@ -214,6 +222,9 @@ def _html_text(html: str) -> str:
 def iter_hashes(fs: Any, files: list[SourceFile]) -> Iterator[tuple[SourceFile, str | None, str | None]]:
     """(file, content hash, skip reason) for every file, reading each once in full."""
     for file in files:
+        if file.outside:
+            yield file, None, OUTSIDE
+            continue
         if file.format is None:
             yield file, None, "format not enabled or not supported"
             continue
