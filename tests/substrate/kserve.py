@@ -629,7 +629,8 @@ class KServeController:
         self._threads.clear()
         with self._lock:
             backends, self._backends = self._backends, []
-            routers = [s.router for s in [*self._services.values(), *self._graphs.values()] if s.router]
+            states: list[ServiceState | GraphState] = [*self._services.values(), *self._graphs.values()]
+            routers = [s.router for s in states if s.router]
             self._services.clear()
             self._graphs.clear()
             self._written.clear()
@@ -648,7 +649,8 @@ class KServeController:
     def url_of(self, namespace: str, name: str) -> str | None:
         """The router URL of an InferenceService (or, failing that, an InferenceGraph)."""
         with self._lock:
-            for st in [*self._services.values(), *self._graphs.values()]:
+            states: list[ServiceState | GraphState] = [*self._services.values(), *self._graphs.values()]
+            for st in states:
                 if (st.namespace, st.name) == (namespace, name) and st.router is not None:
                     return st.router.url
         return None
@@ -916,19 +918,19 @@ class KServeController:
             if pct > 0 and rev_name in by_name:
                 self._ensure_revision(st, by_name[rev_name])
         keep = {latest.name, *(r for r, p in merged.items() if p > 0)}
-        for rev in st.revisions:
-            if rev.name not in keep and rev.backend is not None:
-                self._retire(rev.backend)
-                rev.backend = None
+        for revision in st.revisions:
+            if revision.name not in keep and revision.backend is not None:
+                self._retire(revision.backend)
+                revision.backend = None
         # forget revisions nothing refers to any more (their specs are not needed again)
         needed = keep | {st.rolled_out, st.previous, st.latest_ready}
         st.revisions = [r for r in st.revisions if r.name in needed]
         router_targets = []
-        for rev in st.revisions:
-            b = rev.backend
+        for revision in st.revisions:
+            b = revision.backend
             if b is None:
                 continue
-            b.weight = merged.get(rev.name, 0) if b.serving or not b.failed else 0
+            b.weight = merged.get(revision.name, 0) if b.serving or not b.failed else 0
             if b.weight > 0:  # a starting revision's share waits for it at the activator
                 router_targets.append(Target(b.pod, b.port, b.weight, ready=b.serving))
         assert st.router is not None
@@ -990,10 +992,10 @@ class KServeController:
                 if b is not None:
                     self._retire(b)
         conds: list[Obj] = []
-        for key, (component, spec, index, _) in wanted.items():
+        for key, (component_name, spec, index, _) in wanted.items():
             dep = st.deployments.setdefault(key, Deployment(key))
-            self._roll(st, dep, component, spec, index)
-            conds.append(self._backend_condition("PredictorReady", dep.newest, component=component,
+            self._roll(st, dep, component_name, spec, index)
+            conds.append(self._backend_condition("PredictorReady", dep.newest, component=component_name,
                                                  rolling=dep.pending is not None))
         canary_share = 0
         for key, (_, _, index, pct) in wanted.items():
@@ -1162,7 +1164,8 @@ class KServeController:
         if not b.spec.get("containers"):
             b.unsupported = ("substrate.kserve runs custom containers only (spec.predictor.containers[0]); "
                              "model formats need a ServingRuntime")
-            b.restart_at = float("inf")
+            b.failed, b.restart_at = True, float("inf")
+            b.last_failure = {"reason": "NoSupportingRuntime", "message": b.unsupported, "time": now_rfc3339()}
             return
         try:
             argv, env, cwd = self.job_runner.prepare_container(

@@ -444,6 +444,11 @@ def test_status_is_accepted_by_the_crd_schema(api: client.ApiClient, kserve: KSe
     uid = get(api, ns, "x")["metadata"]["uid"]
     sent, stored = kserve._written[uid]
     assert sent == stored
+    # A model-format predictor needs a ServingRuntime, which the harness does not have.
+    create(api, ns, isvc("fmt", "Knative", {"model": {"modelFormat": {"name": "sklearn"}, "storageUri": "pvc://m/x"}}))
+    st = wait_status(api, ns, "fmt", lambda s: conds(s).get("Ready", {}).get("status") == "False", "Ready False")
+    assert conds(st)["Ready"]["reason"] == "NoSupportingRuntime"
+    assert st["modelStatus"]["lastFailureInfo"]["reason"] == "NoSupportingRuntime"
     with pytest.raises(ApiException) as err:  # and the real CRD is there: bad specs are refused
         create(api, ns, isvc("bad", "Standard", {"canaryTrafficPercent": "lots"}))
     assert err.value.status == 422
