@@ -55,22 +55,26 @@ def parser() -> argparse.ArgumentParser:
 def _kind_and_name(resource: str, name: str | None, kinds: Sequence[str], what: str) -> tuple[str, str]:
     kind, _, inline = resource.partition("/")
     if kind.lower() not in kinds:
-        raise CliError(f'error: the server doesn\'t have a resource type "{kind}" here; use one of: {", ".join(kinds)}')
+        raise CliError(f'error: resource type "{kind}" is not one this command takes; use one of: {", ".join(kinds)}')
     if bool(inline) == bool(name):
         raise CliError(f"error: name {what} exactly once, as `{kind} NAME` or `{kind}/NAME`")
     return kind.lower(), inline or name or ""
 
 
 def dispatch(args: argparse.Namespace) -> int:
+    # Arguments are checked before connecting, so a typo is reported as such.
+    kind = name = ""
+    if args.command == "describe":
+        _, name = _kind_and_name(args.resource, args.name, ROLLOUT_NAMES, "one RolloutPolicy")
+    elif args.command == "logs":
+        kind, name = _kind_and_name(args.resource, args.name, tuple(logs.PLURALS), "one resource")
     cluster = Cluster(getattr(args, "kubeconfig", None), getattr(args, "context", None), getattr(args, "namespace", None))
     if args.command == "status":
         return status.run(cluster, args.all_namespaces, args.output)
     if args.command == "describe":
-        _, name = _kind_and_name(args.resource, args.name, ROLLOUT_NAMES, "one RolloutPolicy")
         sys.stdout.write(describe.run(cluster, name))
         return 0
     if args.command == "logs":
-        kind, name = _kind_and_name(args.resource, args.name, tuple(logs.PLURALS), "one resource")
         return logs.run(cluster, kind, name, args.follow, args.tail, args.container)
     sys.stdout.write(ACTIONS[args.command][0](cluster, args.policy))
     return 0
