@@ -49,9 +49,9 @@ def workload_run(
 def start_run(spec: VectorIndexSpec, body: kopf.Body, config: OperatorConfig) -> dict[str, Any]:
     owner = Owner(VECTORINDEX.kind, body.meta["name"], body.meta["namespace"], body.meta["uid"], body.meta["generation"])
     current = body.status.get("jobName")
-    this_generation = run_name(owner)
-    if current == this_generation or str(current).startswith(f"{this_generation}-r"):
-        return {}  # this generation's run (or one of its refreshes) was started already
+    refresh = run_name(owner, f"g{owner.generation}-r{int(body.status.get('refreshes') or 0)}")
+    if current in (run_name(owner), refresh):
+        return {}  # this generation's run (or its latest refresh) was started already
     if current:  # at most one run per index: a newer generation replaces an unfinished older run
         old = kubeapi.get_job(owner.namespace, current)
         if old and not (old.get("status") or {}).get("completionTime"):

@@ -8,6 +8,7 @@ Pods run with no Kubernetes credentials and meet the `restricted` PodSecurity pr
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,7 @@ CONTAINER = "workload"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "tunerag"}
 TERMINATION_LOG = "/dev/termination-log"
 EXIT_USER_ERROR = 2  # the workload contract: a failure the user must fix; retrying cannot help
+MAX_NAME = 63  # a Job's name is also the value of its pods' job-name label
 # The `restricted` PodSecurity profile, for every pod tunerag renders.
 CONTAINER_SECURITY: dict[str, Any] = {
     "allowPrivilegeEscalation": False,
@@ -63,8 +65,15 @@ class WorkloadRun:
 def run_name(owner: Owner, suffix: str = "") -> str:
     """`<name>-g<generation>` for a generation's run; `<name>-<suffix>` for other runs (the API
     server bumps a custom resource's generation when its deletion starts, so a cleanup run must
-    not be named by generation)."""
-    return f"{owner.name}-{suffix}" if suffix else f"{owner.name}-g{owner.generation}"
+    not be named by generation).
+
+    Names are at most 52 characters, but the counters only grow (`-g100-r10000` after many
+    refreshes): a name that would pass 63 characters is cut and ends with a hash of the whole."""
+    name = f"{owner.name}-{suffix}" if suffix else f"{owner.name}-g{owner.generation}"
+    if len(name) <= MAX_NAME:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[:MAX_NAME - 9].rstrip('-.')}-{digest}"
 
 
 def owner_labels(owner: Owner) -> dict[str, str]:
