@@ -55,13 +55,14 @@ def get_custom(namespace: str, plural: str, name: str) -> dict[str, Any] | None:
 
 
 class Refused(Exception):
-    """The API server refused an object the operator rendered from a spec (422 Invalid): a value
-    admission let through that the object's own validation does not (a nodeSelector key, say)."""
+    """The API server refused an object the operator rendered from a spec (422 Invalid, or 400 when
+    it cannot even decode it): a value admission let through that the object's own validation
+    does not (a nodeSelector key, a memory quantity `16K`)."""
 
 
 def create_if_absent(body: dict[str, Any]) -> bool:
     """Creates a ConfigMap or Job; False when one of that name already exists (idempotent).
-    Raises Refused when the API server finds the object invalid."""
+    Raises Refused when the API server finds the object invalid or undecodable."""
     ns = body["metadata"]["namespace"]
     create = {
         "ConfigMap": client.CoreV1Api(api_client()).create_namespaced_config_map,
@@ -72,7 +73,7 @@ def create_if_absent(body: dict[str, Any]) -> bool:
     except ApiException as exc:
         if exc.status == 409:
             return False
-        if exc.status == 422:
+        if exc.status in (400, 422):
             try:
                 message = str(json.loads(exc.body)["message"])
             except (TypeError, ValueError, KeyError):
