@@ -208,6 +208,8 @@ ACCEPTED_BUT_REFUSED: list[tuple[str, str, dict[str, Any], str, list[str]]] = [
      "InvalidSpec", ["not a resource"]),
     ("priority-class-name", "FineTuneJob", {"resources": {"priorityClassName": "Not_A_Name"}},
      "InvalidSpec", ["priorityClassName"]),
+    ("memory-decimal-kilo-uppercase", "VectorIndex", {"resources": {"memory": "16K"}},
+     "InvalidSpec", ["quantity"]),
     ("toleration-key", "FineTuneJob", {"resources": {"tolerations": [{"key": "a b", "operator": "Exists"}]}},
      "InvalidSpec", ["tolerations"]),
 ]
