@@ -31,9 +31,12 @@ from psycopg.conninfo import conninfo_to_dict
 
 from substrate.controlplane import free_port
 from tunerag_workloads.contract import WorkloadError
+from tunerag_workloads.retrieval import Chunk
 from tunerag_workloads.serve.artifacts import fetch_adapter
 from tunerag_workloads.serve.config import AdapterRef, ServeConfig, load_config, masker
 from tunerag_workloads.serve.engine import load_engine
+from tunerag_workloads.serve.feedback import FeedbackLog
+from tunerag_workloads.serve.rag import build_prompt
 from workloads import finetune_fixtures as ff
 from workloads import serve_fixtures as sf
 
@@ -66,7 +69,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, postgres: Any, minilm: Any, 
     for server in vars(servers).values():
         server.start()
     try:
-        db_name = f"t_serve_{uuid.uuid4().hex[:8]}"
+        servers.db_name = db_name = f"t_serve_{uuid.uuid4().hex[:8]}"
         db = postgres.create_database(db_name)
         run_index(index_kit.index_spec(index_kit.write_corpus(root / "docs")), db_uri=db, model=minilm)
         retrieval = {"schema": "public", "table": "docs", "topK": 2, "efSearch": 40, "hybrid": False,
@@ -74,13 +77,15 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, postgres: Any, minilm: Any, 
         servers.rag = sf.Server("rag", sf.serve_config(base, adapters, retrieval=retrieval,
                                                        feedback={"schema": "serving", "table": "exchanges"}),
                                 free_port(), logs, env={"TUNERAG_DATABASE_URL": db}).start()
-        servers.db, servers.db_name, servers.admin = db, db_name, postgres.uri
+        servers.db, servers.admin = db, postgres.uri
         servers.db_password = str(conninfo_to_dict(db)["password"])
         yield servers
     finally:
         for server in vars(servers).values():
             if isinstance(server, sf.Server):
                 server.stop()
+        if hasattr(servers, "db_name"):
+            postgres.drop_database(servers.db_name)
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +149,21 @@ def test_bad_configuration_is_refused_before_loading_anything(tmp_path: Path) ->
     assert PASSWORD not in mask(f"failed: postgresql://user:{PASSWORD}@db:5432/x?sslmode=require and {PASSWORD}")
 
 
+def test_full_log_queue_drops_and_template_fills_once() -> None:
+    dropped: list[int] = []
+    log = FeedbackLog(f"postgresql://u:{PASSWORD}@127.0.0.1:{free_port()}/x", "public", "t", on_drop=dropped.append,
+                      mask=masker(None), queue_size=2)
+    for _ in range(3):  # the writer thread is not started: the queue fills
+        log.log_feedback(str(uuid.uuid4()), "positive", None)
+    assert dropped == [1]
+    log.close(0.1)  # what is still queued at shutdown is counted too
+    assert sum(dropped) == 3
+
+    chunk = Chunk(id=1, document="a.md", chunk_index=0, content=" says {question} literally \n", score=0.5)
+    assert build_prompt("C: {context} Q: {question} {other}", "why {context}?", [chunk]) == \
+        "C: [a.md]\nsays {question} literally Q: why {context}? {other}"
+
+
 # ------------------------------------------------------------------------------------- the server
 
 def test_ready_live_and_model_status(rag: Any) -> None:
@@ -151,7 +171,9 @@ def test_ready_live_and_model_status(rag: Any) -> None:
     assert rag.get("/v2/health/live").status_code == 200
     assert rag.get("/v1/models/qa").json() == {"name": "qa", "ready": True}
     assert rag.get("/v1/models/other").status_code == 404
-    assert [m["id"] for m in rag.get("/v1/models").json()["data"]] == ["qa", "qa-v1", "qa-v2", "base"]
+    listed = rag.get("/v1/models").json()
+    assert [(m["id"], m["root"]) for m in listed["data"]] == [("qa", "qa-v1"), ("qa-v1", "qa-v1"), ("qa-v2", "qa-v2"), ("base", "base")]
+    assert listed["models"] == ["qa"]
 
 
 def test_v1_predict(rag: Any) -> None:

@@ -22,7 +22,6 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tunerag_workloads.serve.config import BASE
 from tunerag_workloads.serve.exchange import BadRequest, Exchange, Responder, UnknownModel
 from tunerag_workloads.serve.rag import RetrievalUnavailable
 
@@ -214,9 +213,11 @@ def create_app(responder: Responder, *, drain_seconds: float = 10.0, openai_pref
 
     @openai.get("/v1/models")
     async def models() -> dict[str, Any]:
+        """OpenAI's model list; `models` is KServe v1's answer on the same path."""
         created = int(time.time())
         return {"object": "list", "data": [{"id": m, "object": "model", "created": created, "owned_by": "tunerag",
-                                            "root": responder.resolve(m) if m != BASE else BASE} for m in responder.models]}
+                                            "root": responder.resolve(m)} for m in responder.models],
+                "models": [config.service]}
 
     @openai.post("/v1/completions")
     async def completions(request: Request) -> dict[str, Any]:

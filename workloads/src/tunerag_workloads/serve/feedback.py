@@ -72,7 +72,6 @@ class FeedbackLog:
         self._created = False
         self._down_since: float | None = None
         self._thread = threading.Thread(target=self._run, name="tunerag-feedback-log", daemon=True)
-        self.written = 0  # entries applied (for tests and the shutdown line)
 
     def start(self) -> None:
         self._thread.start()
@@ -88,11 +87,13 @@ class FeedbackLog:
     def close(self, timeout: float) -> None:
         """Writes what is queued for up to `timeout` seconds, then gives up on the rest (counted)."""
         deadline = time.monotonic() + timeout
-        with contextlib.suppress(queue.Full):
-            self._queue.put(None, timeout=max(timeout, 0.01))
-        self._thread.join(max(deadline - time.monotonic(), 0.01))
+        if self._thread.ident is not None:  # started
+            with contextlib.suppress(queue.Full):
+                self._queue.put(None, timeout=max(timeout, 0.01))
+            self._thread.join(max(deadline - time.monotonic(), 0.01))
         self._stopping.set()  # wakes a back-off sleep: the rest is dropped
-        self._thread.join(2)
+        if self._thread.ident is not None:
+            self._thread.join(2)
         left = 0
         while True:
             try:
@@ -130,7 +131,6 @@ class FeedbackLog:
                     print(f"feedback log: database reachable again after {time.monotonic() - self._down_since:.1f} s",
                           file=sys.stderr, flush=True)
                     self._down_since = None
-                self.written += 1
                 return
             except (psycopg.OperationalError, psycopg.errors.UniqueViolation) as exc:
                 # unreachable, restarting, connection lost; or another replica creating the table: retry
