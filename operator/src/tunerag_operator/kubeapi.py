@@ -28,6 +28,10 @@ def api_client() -> client.ApiClient:
 
 
 def _get(call: Any, *args: Any) -> dict[str, Any] | None:
+    if any(arg in ("", ".", "..") for arg in args):
+        # Not a name but a path: GET .../secrets/. is the list (200) and .../secrets/.. the
+        # Namespace, so a reference named "." would pass for an existing object.
+        return None
     try:
         resp = call(*args, _preload_content=False)
     except ApiException as exc:
@@ -143,9 +147,13 @@ def create_kserve(body: dict[str, Any]) -> None:
 
 
 def json_patch_kserve(namespace: str, plural: str, name: str, ops: list[dict[str, Any]]) -> None:
-    api = client.CustomObjectsApi(api_client())
-    # The generated client sends a list body as a JSON Patch (application/json-patch+json).
-    api.patch_namespaced_custom_object(KSERVE_GROUP, KSERVE_VERSIONS[plural], namespace, plural, name, ops)
+    """Applies a JSON Patch (RFC 6902). The generated client sends custom-object patches as merge
+    patches, so the request is made with the content type set by hand."""
+    path = f"/apis/{KSERVE_GROUP}/{KSERVE_VERSIONS[plural]}/namespaces/{namespace}/{plural}/{name}"
+    api_client().call_api(
+        path, "PATCH", header_params={"Content-Type": "application/json-patch+json", "Accept": "application/json"},
+        body=ops, auth_settings=["BearerToken"], _preload_content=False,
+    )
 
 
 def delete_kserve(namespace: str, plural: str, name: str) -> None:
