@@ -61,7 +61,7 @@ def _digest(family: dict[str, Any]) -> str:
     return ",".join(f"{v.name}:{v.phase}" for v in sorted(family.values(), key=lambda v: v.version))
 
 
-@kopf.timer(GROUP, VERSION, ROLLOUTPOLICY.plural, id="rollout", interval=TICK, sharp=False)
+@kopf.timer(GROUP, VERSION, ROLLOUTPOLICY.plural, id="rollout", interval=TICK, sharp=False, backoff=max(TICK, 2.0))
 def rollout(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kwargs: Any) -> None:
     index: kopf.Index[Any, Any] = kwargs["adapter_families"]
     config = memo.get("config") or OperatorConfig.defaults()

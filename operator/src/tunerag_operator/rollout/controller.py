@@ -97,7 +97,8 @@ def select(spec: RolloutPolicySpec, family: dict[str, Version], stable: str | No
         if pinned.phase not in ELIGIBLE:
             raise Blocked("CandidateNotValidated", f"{pinned.name} is {pinned.phase or 'Pending'}; waiting until it is Validated.")
         return pinned
-    newer = [v for v in family.values() if v.phase == "Validated" and v.name not in rolled_back
+    # "Canary" too: a rollout whose start was recorded on the version but not (yet) on the policy.
+    newer = [v for v in family.values() if v.phase in ("Validated", "Canary") and v.name not in rolled_back
              and (current is None or v.version > current.version)]
     return max(newer, key=lambda v: v.version) if newer else None
 
@@ -246,20 +247,23 @@ class Pass:
             else:
                 self.out.ready = ("False", "ServiceNotReady", f"InferenceService {self.serving.service} is not ready.")
             return
+        # Only the status is written in this pass; the AdapterVersion's phase and the
+        # InferenceService follow in the next one, from the status: if this write is lost, nothing
+        # outside the policy has moved yet.
         started = now()
         self.set(candidate=new.name, currentStep=0, stepStartedAt=started, rolloutStartedAt=started,
                  canaryWeight=0, failedChecks=0, promoting=stable is None, parked=None,
                  phase="Progressing", message=f"Rolling out {new.name}.")
-        self.mark_adapter(new.name, "Canary", served=True)
         if stable is None:
             self.event("Deploying", f"Deploying {new.name}: the first version of the family, no canary needed.")
         else:
             self.event("RolloutStarted", f"Rolling out {new.name} beside {stable}: {len(self.steps)} steps.")
-        self.sync_service()
         self.out.ready = ("False", "Progressing", f"Rolling out {new.name}.")
 
     def progress(self) -> None:
         cand = str(self.status["candidate"])
+        if (v := self.version(cand)) is not None and v.phase in (None, *ELIGIBLE):
+            self.mark_adapter(cand, "Canary", served=True)
         obs = self.sync_service()
         if self.annotations.get(ABORT_ANNOTATION) == cand:
             return self.rollback("Aborted", f"{cand} was aborted by hand ({ABORT_ANNOTATION}).")
