@@ -86,6 +86,10 @@ def ask(url: str, prompt: str, model: str = "qa") -> tuple[int, dict[str, Any]]:
     return post(f"{url}/v1/completions", {"model": model, "prompt": prompt, "max_tokens": 8})
 
 
+def post_feedback(url: str, exchange_id: str, label: str) -> tuple[int, dict[str, Any]]:
+    return post(f"{url}/v1/feedback", {"exchangeId": exchange_id, "label": label})
+
+
 @dataclass
 class Traffic:
     """Requests in a loop against the service's URL (read from its status each time, as a client

@@ -13,6 +13,7 @@ from tunerag_operator.conditions import now
 from tunerag_operator.render import inferenceservice as render
 from tunerag_operator.render.inferenceservice import Desired
 from tunerag_operator.rollout import analysis
+from tunerag_operator.rollout.observe import Observed, failed_since, observe
 from tunerag_operator.rollout.stats import two_proportion_z
 
 if TYPE_CHECKING:
@@ -68,18 +69,28 @@ def ab_pass(p: Pass) -> None:
             # Nothing to compare with: the first version is deployed like a canary's first one.
             return p.idle()
         p.set(candidate=new.name, rolloutStartedAt=now(), phase="Progressing", currentStep=0, canaryWeight=ab.split,
-              abTest={"startedAt": now(), "decision": "Running", "samples": {}, "rates": {}},
+              abTest={"decision": "Running", "samples": {}, "rates": {}},
               message=f"A/B test of {new.name} against {stable} for {ab.duration}.")
         p.mark_adapter(new.name, "Canary", served=True)
         p.event("ABTestStarted", f"A/B test: {ab.split}% to {new.name}, {100 - ab.split}% to {stable}, for {ab.duration}.")
     cand = str(p.status["candidate"])
-    _sync(p, stable, cand)
+    arm_b = _sync(p, stable, cand)
     result: dict[str, Any] = dict(p.status.get("abTest") or {})
-    elapsed = durations.since(result.get("startedAt") or now())
-    duration = durations.seconds(ab.duration)
-    p.out.ready = ("False", "ABTestRunning", f"A/B test of {cand}: {elapsed:.0f}s of {ab.duration}.")
     if p.annotations.get("tunerag.dev/abort") == cand:
         return _finish(p, stable, cand, "RolledBack", "Aborted by hand.", result)
+    if failure := failed_since(arm_b, p.status.get("rolloutStartedAt")):
+        return _finish(p, stable, cand, "RolledBack", f"{cand} failed to load: {failure}", result)
+    if not result.get("startedAt"):
+        # The test's clock starts once both arms answer, so a slow load does not eat the duration.
+        if not arm_b.ready:
+            p.set(message=f"A/B test: waiting for {b_service(p)} to be ready.")
+            p.out.ready = ("False", "ABTestStarting", p.status["message"])
+            return None
+        result["startedAt"] = now()
+        p.set(abTest=result)
+    elapsed = durations.since(result["startedAt"])
+    duration = durations.seconds(ab.duration)
+    p.out.ready = ("False", "ABTestRunning", f"A/B test of {cand}: {elapsed:.0f}s of {ab.duration}.")
     if elapsed < duration:
         return None
     window = f"{max(int(elapsed), 2)}s"
@@ -105,8 +116,9 @@ def ab_pass(p: Pass) -> None:
     return _finish(p, stable, cand, "RolledBack", f"{ab.metric} {z.rate_b:.3f} vs {z.rate_a:.3f}, p={z.p_value:.3g}: not better at {ab.confidence:g}.", result)
 
 
-def _sync(p: Pass, stable: str | None, cand: str) -> None:
-    """The stable service, the candidate's `-b` service and the Splitter graph, while the test runs."""
+def _sync(p: Pass, stable: str | None, cand: str) -> Observed:
+    """The stable service, the candidate's `-b` service and the Splitter graph, while the test
+    runs; returns what KServe reports about the `-b` service."""
     mode = p.mode
     s = p.serving
     p.sync_service()
@@ -115,6 +127,7 @@ def _sync(p: Pass, stable: str | None, cand: str) -> None:
         plural = "inferenceservices" if body["kind"] == "InferenceService" else "inferencegraphs"
         if kubeapi.get_kserve(p.ns, plural, body["metadata"]["name"]) is None:
             kubeapi.create_kserve(body)
+    return observe(kubeapi.get_kserve(p.ns, "inferenceservices", b_service(p)), mode)
 
 
 def _finish(p: Pass, stable: str | None, cand: str, outcome: str, why: str, result: dict[str, Any]) -> None:
