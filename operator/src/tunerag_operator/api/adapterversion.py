@@ -33,6 +33,7 @@ class Lineage(ApiModel):
 
     fine_tune_job: str | None = Field(default=None, max_length=253, description="The FineTuneJob that trained it; empty when registered by hand.")
     dataset_digests: dict[str, str] = Field(default_factory=dict, description="Content digest of each dataset split it saw.")
+    datasets: dict[str, str] = Field(default_factory=dict, description="URI of each dataset split it saw (train, validation, retention).")
     hyper_parameters: dict[str, str] = Field(default_factory=dict, description="Hyper-parameters, as strings.")
 
 

@@ -106,12 +106,23 @@ class Training(ApiModel):
     checkpoint_interval: int = Field(default=100, ge=1, description="Optimizer steps between checkpoints; a restarted pod resumes from the latest.")
 
 
+class BaselineGate(ApiModel):
+    """An adapter to beat: the candidate's validation loss must be lower than this adapter's, on
+    the same validation set, by minImprovement. A FineTuneSchedule sets it to the version serving."""
+
+    adapter_version: str | None = Field(default=None, max_length=253, description="Name of the AdapterVersion the baseline is (for the record).")
+    uri: Uri
+    sha256: str = Field(pattern=r"^[a-f0-9]{64}$", description="sha256 of the baseline adapter folder (its AdapterVersion's spec.artifact.sha256); checked before it is loaded.")
+    min_improvement: float = Field(default=0.01, ge=-1, le=1, description="Smallest relative reduction of validation loss, (baseline - candidate) / baseline; negative values tolerate a regression.")
+
+
 class Gates(ApiModel):
     """Model-validation thresholds; a candidate that fails one is registered Rejected."""
 
     max_validation_loss: float | None = Field(default=None, gt=0, description="Highest acceptable validation loss.")
     min_exact_match: float | None = Field(default=None, ge=0, le=1, description="Lowest acceptable exact-match on the validation set.")
     max_retention_regression: float = Field(default=0.05, ge=0, le=10, description="Largest acceptable relative increase of retention-set loss over the base model (0.05 = 5%).")
+    baseline: BaselineGate | None = Field(default=None, description="Compare with a baseline adapter on the validation set (gate minBaselineImprovement).")
 
 
 class QuantizeOutput(ApiModel):
@@ -177,5 +188,6 @@ class FineTuneJobStatus(StatusBase):
     progress: Progress | None = Field(default=None, description="Training progress.")
     metrics: dict[str, float] = Field(default_factory=dict, description="Validation and retention metrics.")
     adapter_version: str | None = Field(default=None, description="Name of the AdapterVersion this run registered.")
+    report_uri: str | None = Field(default=None, max_length=2048, description="The run's HTML report in the artifact store: data, loss curves, metrics against the gates, retention against the base model, hyper-parameters, lineage (report.json beside it holds the same as JSON).")
     start_time: str | None = Field(default=None, description="When the run started.")
     completion_time: str | None = Field(default=None, description="When the run finished.")

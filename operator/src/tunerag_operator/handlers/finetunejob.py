@@ -30,6 +30,8 @@ def _uris(spec: FineTuneJobSpec) -> list[tuple[str, str]]:
     for name, source in (("train", ds.train), ("validation", ds.validation), ("retention", ds.retention)):
         if source is not None:
             out.append((f"spec.dataset.{name}.uri", source.uri))
+    if spec.gates.baseline is not None:
+        out.append(("spec.gates.baseline.uri", spec.gates.baseline.uri))
     return out
 
 
@@ -65,6 +67,7 @@ def adapter_spec(spec: dict[str, Any], name: str, result: dict[str, Any]) -> dic
         "artifact": {"uri": adapter["uri"], "sha256": adapter["sha256"], "sizeBytes": adapter.get("sizeBytes"),
                      "format": "peft-lora"},
         "lineage": {"fineTuneJob": name, "datasetDigests": result.get("datasetDigests") or {},
+                    "datasets": {k: v["uri"] for k, v in spec["dataset"].items() if isinstance(v, dict) and "uri" in v},
                     "hyperParameters": {k: str(v) for k, v in (result.get("hyperParameters") or {}).items()}},
         "metrics": {k: float(v) for k, v in (result.get("metrics") or {}).items() if isinstance(v, int | float)},
         "gates": result.get("gates") or [],

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from tunerag_workloads.contract import WorkloadError
 from tunerag_workloads.finetune.data import Example
 from tunerag_workloads.finetune.spec import Gates
 from tunerag_workloads.finetune.train import collate, loss_sum, pack
@@ -95,4 +97,49 @@ def gate_results(gates: Gates, metrics: dict[str, float | None]) -> list[dict[st
         v = metrics["retentionRegression"]
         add("maxRetentionRegression", v, gates.max_retention_regression,
             v is not None and v <= gates.max_retention_regression)
+    if gates.baseline is not None:
+        v = metrics.get("baselineImprovement")
+        add("minBaselineImprovement", v, gates.baseline.min_improvement,
+            v is not None and v >= gates.baseline.min_improvement)
     return out
+
+
+def improvement(loss: float | None, baseline_loss: float | None) -> float | None:
+    """Relative reduction of the validation loss over the baseline's: (baseline - loss) / baseline."""
+    if loss is None or baseline_loss is None or not math.isfinite(loss) or not math.isfinite(baseline_loss) or baseline_loss <= 0:
+        return None
+    return (baseline_loss - loss) / baseline_loss
+
+
+def fetch_baseline(gates: Gates, cache_dir: Path) -> str | None:
+    """The baseline adapter's local folder, checked against its sha256, or None without a baseline
+    gate. Fetched before training, so a missing or changed baseline fails the run at once."""
+    if gates.baseline is None:
+        return None
+    from tunerag_workloads.serve.artifacts import fetch_adapter
+    from tunerag_workloads.serve.config import AdapterRef
+
+    b = gates.baseline
+    ref = AdapterRef(name=b.adapter_version or "baseline", uri=b.uri, sha256=b.sha256)
+    try:
+        return str(fetch_adapter(ref, cache_dir / "baseline").path)
+    except WorkloadError as exc:
+        raise WorkloadError(f"Baseline{exc.reason.removeprefix('Adapter')}", f"gates.baseline: {exc.message}") from None
+
+
+@torch.no_grad()
+def baseline_loss(model: Any, adapter_dir: str, examples: list[Example], dev: torch.device, **kw: Any) -> float:
+    """The validation loss of another adapter (the version now serving) on the same base model and
+    data: loaded beside the trained one, measured, and removed again before publication."""
+    name = "tunerag-baseline"
+    try:
+        model.load_adapter(adapter_dir, adapter_name=name, is_trainable=False)
+    except (RuntimeError, ValueError, KeyError) as exc:  # shapes or modules that do not fit this base model
+        raise WorkloadError("BaselineIncompatible", f"gates.baseline {adapter_dir} does not fit the base model: {exc}") from None
+    current = model.active_adapter
+    try:
+        model.set_adapter(name)
+        return mean_loss(model, examples, dev, **kw)
+    finally:
+        model.set_adapter(current)
+        model.delete_adapter(name)

@@ -77,6 +77,7 @@ def run_pipeline(request: dict[str, Any], work_dir: Path | None = None) -> dict[
         if lead:
             report_progress(phase="ValidatingData")
         model_path = resolve_model_path(spec.base_model.uri, tmp_dir)
+        baseline_dir = evaluate.fetch_baseline(spec.gates, tmp_dir)
         tokenizer = load_tokenizer(model_path, spec.base_model.revision)
         data = prepare_all(spec, tokenizer)
         data_reports = {k: r.summary() for k, r in data.reports.items()}
@@ -108,6 +109,9 @@ def run_pipeline(request: dict[str, Any], work_dir: Path | None = None) -> dict[
         with model.disable_adapter():
             metrics["baseValidationLoss"] = evaluate.mean_loss(model, data.validation, dev, **eval_kw)
             metrics["baseExactMatch"] = evaluate.exact_match(model, tokenizer, data.validation, dev)
+        if baseline_dir is not None:  # the version now serving, on the same validation rows
+            metrics["baselineValidationLoss"] = evaluate.baseline_loss(model, baseline_dir, data.validation, dev, **eval_kw)
+            metrics["baselineImprovement"] = evaluate.improvement(val_loss, metrics["baselineValidationLoss"])
         if data.retention:
             adapted = evaluate.mean_loss(model, data.retention, dev, **eval_kw)
             with model.disable_adapter():

@@ -91,10 +91,18 @@ class Training(_Model):
     checkpoint_interval: int = Field(default=100, ge=1)
 
 
+class BaselineGate(_Model):
+    adapter_version: str | None = None
+    uri: str
+    sha256: str = Field(pattern=r"^[a-f0-9]{64}$")
+    min_improvement: float = Field(default=0.01, ge=-1, le=1)
+
+
 class Gates(_Model):
     max_validation_loss: float | None = None
     min_exact_match: float | None = None
     max_retention_regression: float = 0.05
+    baseline: BaselineGate | None = None
 
 
 class QuantizeOutput(_Model):
