@@ -13,7 +13,9 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 ROOT = Path(__file__).resolve().parents[2]
-KSERVE_CRDS = ROOT.parent / "shared" / "kserve-crds"
+# KServe's real CRDs, vendored unchanged with their licence (see the README beside them), so a
+# clone tests against them wherever it lives.
+KSERVE_CRDS = ROOT / "tests" / "substrate" / "kserve-crds"
 T = TypeVar("T")
 
 
@@ -26,7 +28,10 @@ def crd_documents(include_kserve: bool = True) -> list[dict[str, Any]]:
     for path in sorted((ROOT / "crds").glob("*.yaml")):
         docs += load_yaml_docs(path)
     if include_kserve:
-        for path in sorted(KSERVE_CRDS.glob("serving.kserve.io_*.yaml")):
+        kserve = sorted(KSERVE_CRDS.glob("serving.kserve.io_*.yaml"))
+        if not kserve:
+            raise FileNotFoundError(f"KServe's CRDs are missing from {KSERVE_CRDS}")
+        for path in kserve:
             docs += load_yaml_docs(path)
     return docs
 
