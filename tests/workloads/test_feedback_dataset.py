@@ -9,43 +9,25 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
-from psycopg import sql
 
 from tunerag_workloads.contract import WorkloadError
 from tunerag_workloads.feedback_dataset import mix
 from tunerag_workloads.feedback_dataset.build import build, build_main, parse_request, read_feedback
 from tunerag_workloads.finetune.publish import build_manifest
-from tunerag_workloads.serve.feedback import DDL
+from workloads import feedback_log
 from workloads import finetune_fixtures as ff
+from workloads.feedback_log import create_log
 
 REPO = Path(__file__).resolve().parents[2]
 NOW = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
 
 
-def create_log(uri: str, table: str = "feedback") -> None:
-    with psycopg.connect(uri, autocommit=True) as conn:
-        conn.execute(sql.SQL(DDL).format(table=sql.Identifier("public", table)))
-
-
-def insert(uri: str, rows: list[dict[str, Any]], table: str = "feedback") -> None:
-    """Rows as the serving workload writes them (defaults for the columns a test does not set)."""
-    with psycopg.connect(uri, autocommit=True) as conn:
-        for r in rows:
-            row = {"exchange_id": str(uuid.uuid4()), "created_at": NOW - dt.timedelta(hours=1), "namespace": "ns",
-                   "service": "qa", "adapter_version": "qa-v1", "endpoint": "completions", "chunk_ids": [7],
-                   "chunk_documents": ["guide.md"], "latency_ms": 12.5, "feedback_label": "positive",
-                   "feedback_comment": "my name is Alice", "feedback_at": NOW - dt.timedelta(minutes=30), **r}
-            row.setdefault("prompt", f"Context: secret\nQuestion: {row['question']}")
-            cols = list(row)
-            conn.execute(sql.SQL("INSERT INTO {t} ({c}) VALUES ({v})").format(
-                t=sql.Identifier("public", table), c=sql.SQL(", ").join(map(sql.Identifier, cols)),
-                v=sql.SQL(", ").join(sql.Placeholder(c) for c in cols)), row)
+def insert(uri: str, rows: list[dict[str, Any]]) -> None:
+    feedback_log.insert(uri, rows, now=NOW)
 
 
 def qa(i: int, **extra: Any) -> dict[str, Any]:
