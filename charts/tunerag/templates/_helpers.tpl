@@ -76,56 +76,68 @@ namespace by a Role. Every rule names what in the operator uses it; tests/chart/
 the same table and fails when one changes without the other.
 */}}
 {{- define "tunerag.namespacedRules" -}}
-# The four tunerag.dev kinds: kopf watches them (get/list/watch), patches its progress annotations
-# and finalizers (patch/update); the operator creates AdapterVersions from finished FineTuneJobs and
-# deletes superseded ones.
+# The tunerag.dev kinds: kopf lists and watches them and patches its progress annotations and
+# finalizers (patch); the handlers read a run's owner, a RolloutPolicy's VectorIndex, AdapterVersions
+# and a FineTuneSchedule's sources by name (get).
 - apiGroups: ["tunerag.dev"]
-  resources: ["finetunejobs", "adapterversions", "vectorindexes", "rolloutpolicies"]
-  verbs: ["get", "list", "watch", "patch", "update", "create", "delete"]
-# Status subresources: the handlers write phase, conditions and observedGeneration.
+  resources: ["finetunejobs", "adapterversions", "vectorindexes", "rolloutpolicies", "finetuneschedules"]
+  verbs: ["get", "list", "watch", "patch"]
+# The registry: a finished FineTuneJob is registered as the next AdapterVersion of its family.
 - apiGroups: ["tunerag.dev"]
-  resources: ["finetunejobs/status", "adapterversions/status", "vectorindexes/status", "rolloutpolicies/status"]
-  verbs: ["get", "patch", "update"]
-# Finalizers: kopf adds/removes its finalizer; needed where OwnerReferencesPermissionEnforcement
-# checks that the owner of a child object may be finalized (blockOwnerDeletion).
+  resources: ["adapterversions"]
+  verbs: ["create"]
+# A FineTuneSchedule starts FineTuneJobs and prunes its old ones.
 - apiGroups: ["tunerag.dev"]
-  resources: ["finetunejobs/finalizers", "adapterversions/finalizers", "vectorindexes/finalizers", "rolloutpolicies/finalizers"]
+  resources: ["finetunejobs"]
+  verbs: ["create", "delete"]
+# Status subresources: the handlers patch phase, conditions and observedGeneration.
+- apiGroups: ["tunerag.dev"]
+  resources: ["finetunejobs/status", "adapterversions/status", "vectorindexes/status", "rolloutpolicies/status", "finetuneschedules/status"]
+  verbs: ["patch"]
+# Finalizers: needed where OwnerReferencesPermissionEnforcement checks that the creator of a child
+# object with blockOwnerDeletion (the run's Job and ConfigMap) may finalize its owner.
+- apiGroups: ["tunerag.dev"]
+  resources: ["finetunejobs/finalizers", "adapterversions/finalizers", "vectorindexes/finalizers", "rolloutpolicies/finalizers", "finetuneschedules/finalizers"]
   verbs: ["update"]
-# Training and indexing Jobs that the FineTuneJob and VectorIndex handlers create, watch and clean up.
+# Training, indexing and verification Jobs: created per run, watched (kopf) and read for their
+# state, listed to prune refresh runs, deleted when a newer generation replaces an unfinished run.
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["get", "list", "watch", "create", "delete", "patch"]
-# The spec ConfigMaps mounted into workload Jobs (the spec-as-JSON-file contract) and the model
-# server's configuration.
+  verbs: ["get", "list", "watch", "create", "delete"]
+# The spec ConfigMap mounted into each workload Job (the spec-as-JSON-file contract; a
+# FineTuneSchedule deletes those of the runs it prunes), and a VectorIndex's ConfigMap source, read
+# by name to check that it exists.
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
-# VectorIndex: the PostgreSQL connection Secret is read by name to validate it exists (never listed,
-# never copied into status, events or logs).
+  verbs: ["get", "create", "delete"]
+# Secrets a spec names (connection, credentials) are read by name to check that they and their key
+# exist (never listed, never copied into status, events or logs).
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]
-# Workload pods: the termination message (JSON result) of a finished Job's pod.
+# pvc:// URIs in a spec name a PersistentVolumeClaim: it is read by name to check that it exists
+# (the Job mounts it; the operator never lists or changes claims).
+- apiGroups: [""]
+  resources: ["persistentvolumeclaims"]
+  verbs: ["get"]
+# Workload pods, listed by their Job's label: the termination message (JSON result) of a finished pod.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch"]
-# Workload pod logs, quoted in a failure condition when a Job fails without a termination message.
+  verbs: ["list"]
+# Workload pod logs: a running training pod's progress records.
 - apiGroups: [""]
   resources: ["pods/log"]
   verbs: ["get"]
-# kopf posts handler events on the custom resources (core/v1 Events) ...
+# kopf and the handlers post Events on the custom resources (core/v1; kopf never uses
+# events.k8s.io and never patches an Event).
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
-# ... and the same through events.k8s.io/v1, which newer clients use.
-- apiGroups: ["events.k8s.io"]
-  resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 # RolloutPolicy: the KServe InferenceService (base model + adapters + retrieval) and the
-# InferenceGraph of an A/B test that it creates, adopts, shifts traffic on and deletes.
+# InferenceGraph of an A/B test, read by name, created, adopted, shifted (JSON patch) and deleted.
 - apiGroups: ["serving.kserve.io"]
   resources: ["inferenceservices", "inferencegraphs"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+  verbs: ["get", "create", "patch", "delete"]
 {{- end }}
 
 {{/*
@@ -145,5 +157,5 @@ RBAC rules on cluster-scoped resources, always in the ClusterRole.
 # kopf scans CustomResourceDefinitions at start-up to resolve the resources it serves.
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
 {{- end }}
