@@ -223,7 +223,6 @@ class RolloutPolicyStatus(StatusBase):
     rollout_started_at: str | None = Field(default=None, description="When the current rollout started.")
     promoting: bool = Field(default=False, description="The candidate passed its steps and is being made the only version served.")
     parked: str | None = Field(default=None, description="Knative mode: the last rolled-back candidate, whose revision stays at 0% until the next rollout.")
-    family_digest: str | None = Field(default=None, description="The adapter family's versions and phases as of the last pass (internal).")
     last_sync: str | None = Field(default=None, description="When the InferenceService was last compared with the desired state.")
     message: str | None = Field(default=None, description="What the rollout is doing or waiting for.")
     canary_weight: int | None = Field(default=None, description="Candidate traffic percentage.")
