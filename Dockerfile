@@ -55,6 +55,11 @@ COPY requirements/workloads.lock requirements/workloads.lock
 RUN uv pip install --python /opt/venv/bin/python -r requirements/workloads.lock
 COPY workloads/ workloads/
 RUN uv pip install --python /opt/venv/bin/python -c requirements/workloads.lock ./workloads
+# The finetune workload draws its run report with tunerag_operator.report, which imports the
+# standard library only (a test keeps it so): the operator distribution comes without its
+# dependencies (no kopf here; its console scripts are not for this image).
+COPY operator/ operator/
+RUN uv pip install --python /opt/venv/bin/python --no-deps ./operator
 
 FROM nvidia/cuda:13.0.0-runtime-ubuntu22.04 AS workloads
 RUN groupadd --gid 65532 tunerag \

@@ -49,11 +49,15 @@ def test_finetunejob_trains_validates_and_registers(
     metrics = status["metrics"]
     assert metrics["exactMatch"] > metrics["baseExactMatch"]
     assert status["progress"]["step"] > 0
+    report = status["reportUri"]  # the run's HTML report, in the run folder beside the adapter
+    assert report.startswith(f"file://{tmp_path}/out/runs/") and report.endswith("/report.html")
+    assert "Loss curves" in Path(report.removeprefix("file://")).read_text()
 
     av = _get(api, namespace, "adapterversions", "colors-v1")
     assert av["spec"]["family"] == "colors" and av["spec"]["version"] == 1
     assert av["spec"]["lineage"]["fineTuneJob"] == "colors-1"
     assert av["spec"]["lineage"]["datasetDigests"]["train"] == status["dataReport"]["digest"]
+    assert av["spec"]["lineage"]["reportUri"] == report
     assert av["metadata"]["labels"]["tunerag.dev/fine-tune-job-uid"] == obj["metadata"]["uid"]
     assert "ownerReferences" not in av["metadata"]  # the registry outlives the run
     wait_for(lambda: _get(api, namespace, "adapterversions", "colors-v1").get("status", {}).get("phase") == "Validated",

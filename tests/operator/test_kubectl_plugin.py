@@ -293,6 +293,23 @@ def test_describe_shows_an_ab_test_and_a_finished_canary() -> None:
     assert "Step:          6/6 steps done\n" in describe.render(canary, [])
 
 
+def test_describe_rollout_plot(plugin: Plugin, resources: None, tmp_path: Path) -> None:
+    """--plot also writes the analysis history as HTML, from the same read as the text (the page
+    itself is checked in a browser by tests/operator/test_plots.py)."""
+    out = tmp_path / "plot.html"
+    proc = plugin.run("describe", "rollout", "ticket-router", "-n", NS, "--plot", str(out))
+    assert proc.stdout.startswith("Name:") and "Analysis runs:\n" in proc.stdout
+    assert proc.stderr == f"Plot written to {out}\n"
+    page = out.read_text()
+    assert page.startswith("<!doctype html>") and page.count('<svg xmlns="http://www.w3.org/2000/svg" class="chart"') == 3
+    for run in ROLLOUT_STATUS["analysisRuns"]:
+        for value in run["values"].values():
+            assert f'data-y="{value}"' in page
+    assert 'data-side="max" data-value="0.01"' in page and 'data-side="max" data-value="2.5"' in page
+    bad = plugin.run("describe", "rollout", "ticket-router", "-n", NS, "--plot", str(tmp_path / "no" / "plot.html"), ok=False)
+    assert (bad.returncode, bad.stderr) == (1, f"error: cannot write {tmp_path}/no/plot.html: No such file or directory\n")
+
+
 def test_promote_abort_pause_resume_patch_the_policy(plugin: Plugin, resources: None) -> None:
     status = {**ROLLOUT_STATUS, "phase": "Paused", "currentStep": 3, "canaryWeight": 50}
     create(plugin.api, "40-rolloutpolicy.yaml", status, metadata={"name": "canary"})

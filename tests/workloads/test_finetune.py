@@ -58,7 +58,7 @@ def spec_for(base_model: Path, tmp_path: Path, **overrides: Any) -> dict[str, An
 def env(**extra: str) -> dict[str, str]:
     e = dict(os.environ)
     e.update({"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-              "PYTHONPATH": os.pathsep.join([*(str(REPO / p) for p in ("workloads/src", "tests")),
+              "PYTHONPATH": os.pathsep.join([*(str(REPO / p) for p in ("workloads/src", "operator/src", "tests")),
                                              os.environ.get("PYTHONPATH", "")])})
     e.update(extra)
     return e

@@ -35,6 +35,7 @@ class Lineage(ApiModel):
     dataset_digests: dict[str, str] = Field(default_factory=dict, description="Content digest of each dataset split it saw.")
     datasets: dict[str, str] = Field(default_factory=dict, description="URI of each dataset split it saw (train, validation, retention).")
     hyper_parameters: dict[str, str] = Field(default_factory=dict, description="Hyper-parameters, as strings.")
+    report_uri: str | None = Field(default=None, max_length=2048, description="The training run's HTML report (data, loss curves, metrics, gates).")
 
 
 class GateResult(ApiModel):

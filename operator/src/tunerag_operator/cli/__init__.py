@@ -2,7 +2,8 @@
 `kubectl-tunerag`, which kubectl finds on PATH).
 
     kubectl tunerag status [-n NS | -A] [-o wide|json|yaml]   one table across the four kinds
-    kubectl tunerag describe rollout NAME                      a RolloutPolicy's steps, analysis, history
+    kubectl tunerag describe rollout NAME [--plot FILE]        a RolloutPolicy's steps, analysis, history
+                                                               (--plot: weight and metrics over time, as HTML)
     kubectl tunerag promote|abort|pause|resume POLICY          act on a RolloutPolicy's rollout
     kubectl tunerag logs ftj|vidx NAME [-f] [--tail N]         the current Job's pod log
 

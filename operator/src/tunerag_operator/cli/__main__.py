@@ -6,10 +6,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import urllib3
 
-from tunerag_operator.cli import actions, describe, logs, status
+from tunerag_operator.cli import actions, describe, logs, plot, status
 from tunerag_operator.cli.cluster import CliError, Cluster
 
 ROLLOUT_NAMES = ("rollout", "rollouts", "rp", "rolloutpolicy", "rolloutpolicies")
@@ -41,6 +42,8 @@ def parser() -> argparse.ArgumentParser:
     de = sub.add_parser("describe", parents=[flags], help="Describe a RolloutPolicy: steps, analysis runs, history, events.")
     de.add_argument("resource", metavar="rollout", help="rollout (or rp), optionally as rollout/NAME.")
     de.add_argument("name", nargs="?")
+    de.add_argument("--plot", metavar="FILE", help="Also write the analysis history (weight and metrics over time, "
+                                                   "with the passing ranges) to FILE as a self-contained HTML page.")
     for verb, (_, text) in ACTIONS.items():
         sub.add_parser(verb, parents=[flags], help=text, description=text).add_argument("policy", help="RolloutPolicy name.")
     lg = sub.add_parser("logs", parents=[flags], help="Logs of the pod of a FineTuneJob's or VectorIndex's current Job.")
@@ -72,7 +75,14 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.command == "status":
         return status.run(cluster, args.all_namespaces, args.output)
     if args.command == "describe":
-        sys.stdout.write(describe.run(cluster, name))
+        obj = cluster.get("rolloutpolicies", name)
+        sys.stdout.write(describe.render(obj, cluster.events(obj)))
+        if args.plot:  # from the same read as the text
+            try:
+                Path(args.plot).write_text(plot.render(obj))
+            except OSError as exc:
+                raise CliError(f"error: cannot write {args.plot}: {exc.strerror or exc}") from exc
+            print(f"Plot written to {args.plot}", file=sys.stderr)
         return 0
     if args.command == "logs":
         return logs.run(cluster, kind, name, args.follow, args.tail, args.container)

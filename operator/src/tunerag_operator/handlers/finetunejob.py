@@ -68,7 +68,8 @@ def adapter_spec(spec: dict[str, Any], name: str, result: dict[str, Any]) -> dic
                      "format": "peft-lora"},
         "lineage": {"fineTuneJob": name, "datasetDigests": result.get("datasetDigests") or {},
                     "datasets": {k: v["uri"] for k, v in spec["dataset"].items() if isinstance(v, dict) and "uri" in v},
-                    "hyperParameters": {k: str(v) for k, v in (result.get("hyperParameters") or {}).items()}},
+                    "hyperParameters": {k: str(v) for k, v in (result.get("hyperParameters") or {}).items()},
+                    **({"reportUri": result["reportUri"]} if result.get("reportUri") else {})},
         "metrics": {k: float(v) for k, v in (result.get("metrics") or {}).items() if isinstance(v, int | float)},
         "gates": result.get("gates") or [],
     }
@@ -96,6 +97,8 @@ def observe_run(namespace: str, name: str, job_name: str, state: RunState) -> No
                                                 ("resumedFromStep", result.get("resumedFromStep"))) if isinstance(v, int)}
         update |= {"adapterVersion": av["metadata"]["name"], "completionTime": state.completion_time or now(),
                    "metrics": {k: float(v) for k, v in (result.get("metrics") or {}).items() if isinstance(v, int | float)}}
+        if result.get("reportUri"):
+            update["reportUri"] = result["reportUri"]
         if failed:
             gates = "; ".join(f"{g['name']} {g['value']:.4g} vs {g['threshold']:.4g}" for g in failed)
             update["phase"] = "Rejected"

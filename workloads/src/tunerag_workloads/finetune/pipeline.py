@@ -7,7 +7,9 @@ sets to `<namespace>-<name>-g<generation>`):
     checkpoints/step-N/         adapter + optimizer + scheduler + RNG + data position (state.json last)
     adapter/                    adapter_model.safetensors, adapter_config.json, README.md (model card),
                                 manifest.json (sha256 per file, folder sha256, sizes; written last)
-    report.json                 everything in the result and more (metrics, gates, timings)
+    report.json                 everything in the result and more (metrics, gates, timings, loss history)
+    report.html                 the same for people: data, loss curves, metrics vs gates, retention,
+                                hyper-parameters, lineage; self-contained (inline SVG, no script)
 
 The adapter's final `<family>/<version>/` location is allocated later by the operator's registry.
 Nothing is written under adapter/ unless data validation, model loading and training all succeed.
@@ -18,8 +20,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +38,7 @@ from tunerag_workloads.finetune.storage import Store
 from tunerag_workloads.finetune.train import load_model, load_tokenizer, resolve_model_path, train
 
 EVAL_BATCH = 8
+CURVE_ROWS = 128  # validation rows measured (train.VALIDATION_POINTS + 1 times) for the validation-loss curve
 
 
 def run_id_for(request: dict[str, Any]) -> str:
@@ -95,7 +100,9 @@ def run_pipeline(request: dict[str, Any], work_dir: Path | None = None) -> dict[
         rank = distributed.world()[0]
         if lead:
             report_progress(phase="Training")
-        outcome = train(spec, loaded, data.train, run, pad_id)
+        curve_rows = data.validation[:CURVE_ROWS]
+        outcome = train(spec, loaded, data.train, run, pad_id,
+                        validate=lambda: evaluate.mean_loss(model, curve_rows, dev, **eval_kw))
         distributed.finish()
         if rank != 0:  # rank 0 evaluates and publishes
             return {"rank": rank, "steps": outcome.steps}
@@ -166,22 +173,45 @@ def run_pipeline(request: dict[str, Any], work_dir: Path | None = None) -> dict[
         "steps": outcome.steps,
         "totalSteps": outcome.total_steps,
         "resumedFromStep": outcome.resumed_from_step,
-        "reportUri": run.uri_of("report.json"),
+        "reportUri": run.uri_of("report.html"),
     }
     if quantized is not None:
         result["quantized"] = {k: quantized[k] for k in ("uri", "format", "sha256", "sizeBytes", "fp16SizeBytes", "ratio",
                                                          "relativeLossDelta", "argmaxAgreement", "withinTolerance")}
     full = {**result, "quantizedDetails": quantized, "dataReports": data_reports, "dataReportUri": run.uri_of("data-report.json"),
             "timings": {"trainSeconds": round(outcome.train_seconds, 3), "totalSeconds": round(time.monotonic() - started, 3)},
-            "tokens": {"real": outcome.real_tokens, "padded": outcome.padded_tokens}}
+            "tokens": {"real": outcome.real_tokens, "padded": outcome.padded_tokens},
+            "history": {**outcome.history, "validationRows": len(curve_rows), "validationRowsTotal": len(data.validation)},
+            "job": {k: request[k] for k in ("namespace", "name", "generation") if k in request},
+            "manifest": manifest["files"], "family": spec.adapter.family, "method": spec.method.type,
+            "reportJsonUri": run.uri_of("report.json")}
+    if not write_html_report(run, full, {k: r.full() for k, r in data.reports.items()}):
+        result.pop("reportUri")
+        full.pop("reportUri")
     run.write_json("report.json", full)
     report_progress(phase="Succeeded" if verdict == "Validated" else "Rejected", step=outcome.steps,
                     totalSteps=outcome.total_steps)
     return shrink(result)
 
 
+def write_html_report(run: Store, full: dict[str, Any], data_reports: dict[str, Any]) -> bool:
+    """Writes report.html. The adapter is already published: a report that cannot be rendered (a
+    custom image without tunerag_operator.report, a bug) is reported (progress event, traceback on
+    stderr), not a failed run."""
+    try:
+        from tunerag_workloads.finetune.report import render_report
+
+        run.write_text("report.html", render_report(full, data_reports))
+    except Exception as exc:  # a bug in rendering, or the store failing now: keep the run's outcome
+        traceback.print_exc(file=sys.stderr)
+        report_progress(phase="Publishing", event="reportFailed", message=f"{type(exc).__name__}: {exc}")
+        return False
+    return True
+
+
 def shrink(result: dict[str, Any], limit: int = 3800) -> dict[str, Any]:
-    """Keeps the result under the termination-message limit (the full report is at reportUri)."""
+    """Keeps the result under the termination-message limit (the full report is report.json, next
+    to reportUri)."""
     def size() -> int:
         return len(json.dumps({"ok": True, **result}, separators=(",", ":"), default=str).encode())
 

@@ -1,7 +1,8 @@
 """The workload's own typed view of a FineTuneJob spec.
 
-The workloads image does not ship the operator package, so this mirrors the field names (camelCase
-on the wire) and defaults of `tunerag_operator.api.finetunejob`. Unknown fields are ignored here
+The workloads image installs the operator distribution without its dependencies (for the standard-
+library `tunerag_operator.report` only), so this mirrors the field names (camelCase on the wire) and
+defaults of `tunerag_operator.api.finetunejob`. Unknown fields are ignored here
 (the API server already refused them at admission; a newer operator may add fields an older image
 does not use). A test checks the defaults agree with the operator's models.
 """

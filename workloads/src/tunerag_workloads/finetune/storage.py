@@ -57,11 +57,14 @@ class Store:
         return [e["name"].rstrip("/").rsplit("/", 1)[-1] for e in self.fs.ls(p, detail=True) if e["type"] == "directory"]
 
     def write_json(self, rel: str, data: Any) -> str:
-        text = json.dumps(data, indent=2, sort_keys=True, default=str)
+        return self.write_text(rel, json.dumps(data, indent=2, sort_keys=True, default=str))
+
+    def write_text(self, rel: str, text: str) -> str:
+        """Writes a whole file (UTF-8): renamed into place on local filesystems, one upload elsewhere."""
         self.fs.makedirs(self.path(rel).rsplit("/", 1)[0], exist_ok=True)
         if self.local:
             tmp = self.path(rel) + f".tmp-{uuid.uuid4().hex[:8]}"
-            Path(tmp).write_text(text)
+            Path(tmp).write_text(text, encoding="utf-8")
             os.replace(tmp, self.path(rel))
         else:
             self.fs.pipe_file(self.path(rel), text.encode())

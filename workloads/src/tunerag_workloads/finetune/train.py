@@ -42,6 +42,8 @@ from tunerag_workloads.finetune.storage import Store
 IGNORE = -100
 CHECKPOINT_MARKER = "state.json"
 KEEP_CHECKPOINTS = 2
+HISTORY_POINTS = 500  # train-loss points kept for the report (means over windows of steps on longer runs)
+VALIDATION_POINTS = 10  # validation-loss measurements during training, besides one before the first step
 
 
 # ----------------------------------------------------------------------------------------- loading
@@ -350,6 +352,12 @@ class TrainOutcome:
     train_seconds: float
     real_tokens: int
     padded_tokens: int
+    # [[step, value], ...] for "train" (loss), "learningRate" and "validation" (loss); rank 0 only.
+    history: dict[str, list[list[float | None]]] = field(default_factory=dict)
+
+
+def _point(step: int, value: float) -> list[float | None]:
+    return [step, round(value, 6) if math.isfinite(value) else None]
 
 
 def plan_total_steps(spec: FineTuneSpec, examples: list[Example]) -> int:
@@ -362,7 +370,10 @@ def plan_total_steps(spec: FineTuneSpec, examples: list[Example]) -> int:
 
 
 def train(spec: FineTuneSpec, loaded: LoadedModel, examples: list[Example], store: Store, pad_id: int,
-          on_step: Callable[[int], None] | None = None) -> TrainOutcome:
+          on_step: Callable[[int], None] | None = None, validate: Callable[[], float] | None = None) -> TrainOutcome:
+    """Runs the optimizer steps left. `validate` (rank 0) measures the validation loss before the
+    first step and VALIDATION_POINTS times during training, for the loss curves; it only reads the
+    model, so a run with it trains exactly as one without."""
     from transformers import get_scheduler
 
     t = spec.training
@@ -378,6 +389,8 @@ def train(spec: FineTuneSpec, loaded: LoadedModel, examples: list[Example], stor
     torch.manual_seed(t.seed)
     step, cursor = 0, 0  # optimizer steps done; micro-batches consumed
     resumed_loss: float | None = None
+    history: dict[str, list[list[float | None]]] = {"train": [], "learningRate": [], "validation": []}
+    window_sum, window_steps = 0.0, 0  # train losses since the last history point
     if distributed.world()[0] == 0:  # folders of checkpoint writes that a killed pod left behind
         for name in store.list_dirs("checkpoints"):
             if ".tmp-" in name or ".old-" in name:
@@ -387,6 +400,8 @@ def train(spec: FineTuneSpec, loaded: LoadedModel, examples: list[Example], stor
         state = load_checkpoint(store, resumed, model, optimizer, scheduler)
         step, cursor = state["step"], state["microBatch"]
         resumed_loss = state.get("loss")
+        history = state.get("history") or history
+        window_sum, window_steps = state.get("historyWindow") or (0.0, 0)
         if distributed.world()[0] == 0:
             report_progress(phase="Training", event="resumed", step=step, totalSteps=total)
 
@@ -419,6 +434,11 @@ def train(spec: FineTuneSpec, loaded: LoadedModel, examples: list[Example], stor
     first_step = step
     rank, world = distributed.world()
     per_step = t.gradient_accumulation * world
+    record_every = max(1, math.ceil(total / HISTORY_POINTS))
+    validate_every = max(1, math.ceil(total / VALIDATION_POINTS))
+    validate = validate if rank == 0 else None
+    if validate is not None and step == 0:
+        history["validation"].append(_point(0, validate()))
     model.train()
     while step < total:
         # Rank r takes micro-batches cursor + k*world + r: the same set as one process with
@@ -444,12 +464,21 @@ def train(spec: FineTuneSpec, loaded: LoadedModel, examples: list[Example], stor
         padded_total += padded
         window_tokens += real
         torch.nn.utils.clip_grad_norm_(params, 1.0)
+        lr = scheduler.get_last_lr()[0]  # the rate this step uses
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         cursor += per_step
         step += 1
         last_loss = step_loss
+        window_sum, window_steps = window_sum + step_loss, window_steps + 1
+        if step % record_every == 0 or step == total:
+            history["train"].append(_point(step, window_sum / window_steps))
+            history["learningRate"].append(_point(step, lr))
+            window_sum, window_steps = 0.0, 0
+        if validate is not None and (step % validate_every == 0 or step == total):
+            history["validation"].append(_point(step, validate()))
+            model.train()
         if rank == 0 and (step % every == 0 or step == total):
             now = time.monotonic()
             tps = window_tokens / max(now - window_start, 1e-9)
@@ -461,7 +490,7 @@ def train(spec: FineTuneSpec, loaded: LoadedModel, examples: list[Example], stor
         if step % t.checkpoint_interval == 0 or step == total:
             uri = save_checkpoint(store, model, optimizer, scheduler,
                                   {"step": step, "microBatch": cursor, "totalSteps": total, "loss": step_loss,
-                                   "worldSize": world})
+                                   "worldSize": world, "history": history, "historyWindow": [window_sum, window_steps]})
             if rank == 0:
                 report_progress(phase="Training", event="checkpoint", step=step, totalSteps=total, uri=uri)
         if on_step is not None:
@@ -470,4 +499,5 @@ def train(spec: FineTuneSpec, loaded: LoadedModel, examples: list[Example], stor
     model.eval()
     return TrainOutcome(steps=step, total_steps=total, resumed_from_step=resumed, final_loss=last_loss,
                         tokens_per_second=(real_total / elapsed if elapsed > 0 and real_total else tps),
-                        train_seconds=elapsed, real_tokens=real_total, padded_tokens=padded_total)
+                        train_seconds=elapsed, real_tokens=real_total, padded_tokens=padded_total,
+                        history=history)
