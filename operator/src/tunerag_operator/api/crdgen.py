@@ -111,8 +111,8 @@ def crd(kind: Kind) -> JSON:
             "status": status,
         },
         "x-kubernetes-validations": [{
-            "rule": "size(self.metadata.name) <= 52",
-            "message": "metadata.name must be at most 52 characters (child Jobs and Services add a suffix)",
+            "rule": f"size(self.metadata.name) <= {kind.max_name}",
+            "message": f"metadata.name must be at most {kind.max_name} characters (child Jobs and Services add a suffix)",
         }],
     }
     return {

@@ -1,4 +1,4 @@
-"""The four resource kinds: names, models and printer columns, in one table."""
+"""The resource kinds: names, models and printer columns, in one table."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from tunerag_operator.api.adapterversion import AdapterVersionSpec, AdapterVersionStatus
 from tunerag_operator.api.common import ApiModel
 from tunerag_operator.api.finetunejob import FineTuneJobSpec, FineTuneJobStatus
+from tunerag_operator.api.finetuneschedule import MAX_NAME, FineTuneScheduleSpec, FineTuneScheduleStatus
 from tunerag_operator.api.rolloutpolicy import RolloutPolicySpec, RolloutPolicyStatus
 from tunerag_operator.api.vectorindex import VectorIndexSpec, VectorIndexStatus
 
@@ -31,6 +32,7 @@ class Kind:
     status: type[ApiModel]
     description: str
     columns: tuple[Column, ...] = field(default_factory=tuple)
+    max_name: int = 52  # child Jobs, ConfigMaps and Services append a suffix and must stay within 63
 
     @property
     def singular(self) -> str:
@@ -94,4 +96,21 @@ ROLLOUTPOLICY = Kind(
     ),
 )
 
-ALL_KINDS: tuple[Kind, ...] = (FINETUNEJOB, ADAPTERVERSION, VECTORINDEX, ROLLOUTPOLICY)
+FINETUNESCHEDULE = Kind(
+    "FineTuneSchedule", "finetuneschedules", ("fts",), FineTuneScheduleSpec, FineTuneScheduleStatus,
+    "Recurring fine-tuning on production feedback: runs FineTuneJobs on a cron schedule or a feedback threshold.",
+    (
+        PHASE,
+        Column("Schedule", ".spec.schedule"),
+        Column("Threshold", ".spec.minNewSamples", "integer"),
+        Column("New-Samples", ".status.newSamples", "integer"),
+        Column("Active", ".status.active.run"),
+        Column("Runs", ".status.runs", "integer"),
+        AGE,
+        Column("Last-Schedule", ".status.lastScheduleTime", "date", priority=1),
+        Column("Policy", ".spec.feedback.rolloutPolicy", priority=1),
+    ),
+    max_name=MAX_NAME,
+)
+
+ALL_KINDS: tuple[Kind, ...] = (FINETUNEJOB, ADAPTERVERSION, VECTORINDEX, ROLLOUTPOLICY, FINETUNESCHEDULE)
