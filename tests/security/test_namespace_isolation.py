@@ -37,6 +37,7 @@ REFERENCES = {
     "FineTuneJob": {"spec.output.credentialsSecret"},
     "AdapterVersion": set(),
     "RolloutPolicy": {"spec.retrieval.vectorIndex", "spec.feedback.connectionSecret", "spec.target.inferenceService"},
+    "FineTuneSchedule": {"spec.feedback.rolloutPolicy", "spec.template.output.credentialsSecret"},
 }
 
 

@@ -148,6 +148,7 @@ def _phase(api: client.ApiClient, kind: str, name: str, phases: tuple[str, ...],
 
 
 @pytest.mark.cluster
+@pytest.mark.timeout(900)  # one control plane with KServe's CRDs (about 30 s), then every pipeline
 def test_operator_runs_every_pipeline_under_the_charts_rbac_and_uses_what_it_is_granted(
     rbac_plane: AuditedControlPlane, helm: Helm, postgres: Postgres, pg_database: str,  # noqa: F811
     tmp_path: Path,
