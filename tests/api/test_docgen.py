@@ -164,8 +164,9 @@ def test_chart_values_in_docs_render(helm: Helm, tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 # Calls whose first argument is a reason: Problem(reason, message), Blocked(...), the workloads'
-# WorkloadError and RetrievalUnavailable, Pass.rollback(reason, ...), Pass.event(reason, ...).
-FIRST_ARG = {"Problem", "Blocked", "WorkloadError", "RetrievalUnavailable", "rollback", "event"}
+# WorkloadError and RetrievalUnavailable, Pass.rollback(reason, ...), Pass.event(reason, ...), and a
+# FineTuneSchedule pass's fail_run(reason, ...) and skip_run(reason, ...) (a run's history record).
+FIRST_ARG = {"Problem", "Blocked", "WorkloadError", "RetrievalUnavailable", "rollback", "event", "fail_run", "skip_run"}
 # events.info/warn(obj, reason, ...) and kopf.info/warn(body, reason=...).
 EVENT_MODULES = {"events", "kopf"}
 STATUSES = {"True", "False", "Unknown"}

@@ -48,6 +48,7 @@ def test_examples_get_status_with_conditions(
         "finetunejobs": ("ticket-router-1", "Pending"),
         "adapterversions": ("ticket-router-v1", "Pending"),
         "rolloutpolicies": ("ticket-router", "Idle"),
+        "finetuneschedules": ("ticket-router", "Idle"),
     }
     for plural, (name, phase) in expected.items():
         obj = wait_for(

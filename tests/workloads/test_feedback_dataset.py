@@ -159,11 +159,11 @@ def test_too_little_original_data_keeps_the_ratio_with_the_newest_feedback(pg_da
 
 
 def test_nothing_to_train_on_is_skipped(pg_database: str, tmp_path: Path) -> None:
-    assert run(pg_database, tmp_path)["skipped"] == "NotEnoughFeedback"  # the log's table does not exist yet
+    assert run(pg_database, tmp_path)["reason"] == "NotEnoughFeedback"  # the log's table does not exist yet
     create_log(pg_database)
     insert(pg_database, [qa(1)])
     result = run(pg_database, tmp_path)
-    assert result["skipped"] == "NotEnoughFeedback" and result["watermark"] == "2026-03-01T11:30:00Z"
+    assert result["skipped"] and result["reason"] == "NotEnoughFeedback" and result["watermark"] == "2026-03-01T11:30:00Z"
     assert not (tmp_path / "store").exists()
 
 

@@ -163,3 +163,57 @@ def delete_kserve(namespace: str, plural: str, name: str) -> None:
     except ApiException as exc:
         if exc.status != 404:
             raise
+
+
+def list_custom(namespace: str, plural: str, label_selector: str) -> list[dict[str, Any]]:
+    resp = client.CustomObjectsApi(api_client()).list_namespaced_custom_object(
+        GROUP, VERSION, namespace, plural, label_selector=label_selector, _preload_content=False)
+    return json.loads(resp.data).get("items", [])  # type: ignore[no-any-return]
+
+
+def create_custom(namespace: str, plural: str, body: dict[str, Any]) -> bool:
+    """Creates a tunerag object; False when one of that name exists. Raises Refused when the API
+    server finds it invalid."""
+    try:
+        client.CustomObjectsApi(api_client()).create_namespaced_custom_object(GROUP, VERSION, namespace, plural, body)
+    except ApiException as exc:
+        if exc.status == 409:
+            return False
+        if exc.status in (400, 422):
+            try:
+                message = str(json.loads(exc.body)["message"])
+            except (TypeError, ValueError, KeyError):
+                message = str(exc.body)
+            raise Refused(message[:2000]) from None
+        raise
+    return True
+
+
+def delete_custom(namespace: str, plural: str, name: str) -> None:
+    try:
+        client.CustomObjectsApi(api_client()).delete_namespaced_custom_object(
+            GROUP, VERSION, namespace, plural, name, propagation_policy="Background")
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+
+
+def delete_configmap(namespace: str, name: str) -> None:
+    try:
+        client.CoreV1Api(api_client()).delete_namespaced_config_map(name, namespace)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+
+
+def secret_value(namespace: str, name: str, key: str) -> str | None:
+    """A Secret's value, decoded; None when the Secret or key is missing. Never log it."""
+    import base64
+
+    secret = get_secret(namespace, name)
+    if secret is None:
+        return None
+    if key in (secret.get("data") or {}):
+        return base64.b64decode(secret["data"][key]).decode()
+    value = (secret.get("stringData") or {}).get(key)
+    return str(value) if value is not None else None

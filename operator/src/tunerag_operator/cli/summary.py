@@ -102,11 +102,33 @@ def _rolloutpolicy(status: Obj, obj: Obj) -> tuple[str, str, Obj]:
     return _join(parts), details, data
 
 
+def _finetuneschedule(status: Obj, obj: Obj) -> tuple[str, str, Obj]:
+    active: Obj = status.get("active") or {}
+    history: list[Obj] = status.get("history") or []
+    threshold, samples = obj.get("spec", {}).get("minNewSamples"), status.get("newSamples")
+    if active:
+        progress = f"run {active.get('run')}: {'training' if active.get('stage') == 'Training' else 'building dataset'}"
+    elif threshold is not None:
+        progress = f"{samples or 0}/{threshold} new samples"
+    else:
+        progress = NONE
+    last = history[-1] if history else None
+    details = _join([
+        f"last {last['run']} {last['outcome']}" + (f" ({last['adapterVersion']})" if last.get("adapterVersion") else "")
+        if last else "",
+        f"next {status['nextScheduleTime']}" if status.get("nextScheduleTime") and not active else "",
+    ])
+    data = {"runs": status.get("runs"), "newSamples": samples, "active": active.get("run"),
+            "nextScheduleTime": status.get("nextScheduleTime"), "lastRun": last}
+    return progress, details, data
+
+
 SUMMARIZERS: dict[str, Callable[[Obj, Obj], tuple[str, str, Obj]]] = {
     "FineTuneJob": _finetunejob,
     "AdapterVersion": _adapterversion,
     "VectorIndex": _vectorindex,
     "RolloutPolicy": _rolloutpolicy,
+    "FineTuneSchedule": _finetuneschedule,
 }
 
 

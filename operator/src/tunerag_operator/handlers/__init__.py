@@ -1,5 +1,5 @@
 """kopf handlers, one module per kind. Importing this package registers them all."""
 
-from tunerag_operator.handlers import adapterversion, finetunejob, rolloutpolicy, vectorindex
+from tunerag_operator.handlers import adapterversion, finetunejob, finetuneschedule, rolloutpolicy, vectorindex
 
-__all__ = ["adapterversion", "finetunejob", "rolloutpolicy", "vectorindex"]
+__all__ = ["adapterversion", "finetunejob", "finetuneschedule", "rolloutpolicy", "vectorindex"]

@@ -15,7 +15,7 @@ computes it, so the same rows give the same folder: a retried pod, or a run on u
 finds the dataset already there. The result:
 
     {"trainUri", "validationUri", "uri", "digest": "sha256:<hex>", "rows": {...}, "counts": {...},
-     "watermark": newest feedback_at read}   or   {"skipped": "NotEnoughFeedback", ...}
+     "watermark": newest feedback_at read}   or   {"skipped": true, "reason": "NotEnoughFeedback", ...}
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def build(req: Request, feedback: list[dict[str, Any]]) -> dict[str, Any]:
     watermark = mix.plain(max((r["feedback_at"] for r in feedback if r.get("feedback_at")), default=None))
     fb = mix.feedback_rows(feedback, req.prompt_field, set(req.drop_fields), counts)
     if len(fb) < 2:
-        return {"watermark": watermark, "counts": counts.as_dict(), "skipped": "NotEnoughFeedback",
+        return {"watermark": watermark, "counts": counts.as_dict(), "skipped": True, "reason": "NotEnoughFeedback",
                 "message": f"{len(fb)} usable feedback rows; a dataset needs at least 2 (one to train on, one to hold out)"}
     fields = req.original.fields
     original: list[mix.Row] = []
