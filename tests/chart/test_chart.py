@@ -31,24 +31,27 @@ from substrate import kube
 # removed from the chart without updating this table fails test_rbac_*.
 # --------------------------------------------------------------------------------------------
 CRUD = ("get", "list", "watch", "create", "patch", "update", "delete")
-TUNERAG_KINDS = ("finetunejobs", "adapterversions", "vectorindexes", "rolloutpolicies")
+TUNERAG_KINDS = ("finetunejobs", "adapterversions", "vectorindexes", "rolloutpolicies", "finetuneschedules")
+# Found by running the operator under exactly these grants (tests/security/test_rbac.py).
 NAMESPACED_RULES: dict[tuple[str, str], tuple[str, ...]] = {
-    **{("tunerag.dev", k): CRUD for k in TUNERAG_KINDS},
-    **{("tunerag.dev", f"{k}/status"): ("get", "patch", "update") for k in TUNERAG_KINDS},
+    **{("tunerag.dev", k): ("get", "list", "watch", "patch") for k in TUNERAG_KINDS},
+    ("tunerag.dev", "adapterversions"): ("get", "list", "watch", "patch", "create"),
+    ("tunerag.dev", "finetunejobs"): ("get", "list", "watch", "patch", "create", "delete"),
+    **{("tunerag.dev", f"{k}/status"): ("patch",) for k in TUNERAG_KINDS},
     **{("tunerag.dev", f"{k}/finalizers"): ("update",) for k in TUNERAG_KINDS},
-    ("batch", "jobs"): ("get", "list", "watch", "create", "delete", "patch"),
-    ("", "configmaps"): CRUD,
+    ("batch", "jobs"): ("get", "list", "watch", "create", "delete"),
+    ("", "configmaps"): ("get", "create", "delete"),
     ("", "secrets"): ("get",),
-    ("", "pods"): ("get", "list", "watch"),
+    ("", "persistentvolumeclaims"): ("get",),
+    ("", "pods"): ("list",),
     ("", "pods/log"): ("get",),
-    ("", "events"): ("create", "patch"),
-    ("events.k8s.io", "events"): ("create", "patch"),
-    ("serving.kserve.io", "inferenceservices"): CRUD,
-    ("serving.kserve.io", "inferencegraphs"): CRUD,
+    ("", "events"): ("create",),
+    ("serving.kserve.io", "inferenceservices"): ("get", "create", "patch", "delete"),
+    ("serving.kserve.io", "inferencegraphs"): ("get", "create", "patch", "delete"),
 }
 LEADER_ELECTION_RULES = {("coordination.k8s.io", "leases"): ("get", "create", "update")}
-CRD_RULES = {("apiextensions.k8s.io", "customresourcedefinitions"): ("get", "list", "watch")}
-CLUSTERWIDE_ONLY_RULES = {("", "namespaces"): ("list", "watch")}
+CRD_RULES = {("apiextensions.k8s.io", "customresourcedefinitions"): ("list", "watch")}
+CLUSTERWIDE_ONLY_RULES: dict[tuple[str, str], tuple[str, ...]] = {}
 
 Grant = tuple[str, str, str]  # (apiGroup, resource, verb)
 
