@@ -48,28 +48,7 @@ class MetricDef:
 
 # Operator metrics that the dashboards and alerts use and tunerag_operator.metrics does not define
 # yet. test_proposed_metrics_agree_with_the_code keeps them honest once they are added.
-PROPOSED: dict[str, MetricDef] = {
-    "tunerag_resource_phase": MetricDef("gauge", ("kind", "namespace", "name", "phase"),
-                                        "1 for the phase (status.phase) each tunerag resource is in; the series of its earlier phase is removed."),
-    "tunerag_finetune_step": MetricDef("gauge", ("namespace", "name"), "Optimizer steps done by the FineTuneJob's current run (status.progress.step)."),
-    "tunerag_finetune_planned_steps": MetricDef("gauge", ("namespace", "name"), "Optimizer steps planned for the FineTuneJob (status.progress.totalSteps)."),
-    "tunerag_finetune_loss": MetricDef("gauge", ("namespace", "name"), "Latest training loss of the FineTuneJob (status.progress.loss)."),
-    "tunerag_finetune_tokens_per_second": MetricDef("gauge", ("namespace", "name"), "Real (non-padding) tokens per second of the FineTuneJob's training."),
-    "tunerag_finetune_eta_seconds": MetricDef("gauge", ("namespace", "name"), "Estimated seconds until the FineTuneJob's last planned step."),
-    "tunerag_finetune_last_progress_timestamp_seconds": MetricDef(
-        "gauge", ("namespace", "name"), "Unix time the FineTuneJob last made progress: its step advanced or its phase changed."),
-    "tunerag_index_documents": MetricDef("gauge", ("namespace", "name"), "Documents in the VectorIndex's live table version."),
-    "tunerag_index_chunks": MetricDef("gauge", ("namespace", "name"), "Chunks in the VectorIndex's live table version."),
-    "tunerag_index_run_documents": MetricDef(
-        "counter", ("namespace", "name", "change"),
-        "Documents handled by finished indexing runs (status.lastRun), by change: added, updated, deleted, unchanged, skipped."),
-    "tunerag_index_run_duration_seconds": MetricDef("histogram", ("namespace", "name"), "Wall time of finished indexing runs, from the Job's start to its end."),
-    "tunerag_index_runs": MetricDef("counter", ("namespace", "name", "result"), "Finished indexing runs by result: Succeeded, Failed."),
-    "tunerag_index_last_success_timestamp_seconds": MetricDef(
-        "gauge", ("namespace", "name"), "Unix time the VectorIndex's last successful run finished (status.lastIndexedTime)."),
-    "tunerag_index_refresh_interval_seconds": MetricDef(
-        "gauge", ("namespace", "name"), "spec.refresh.interval of the VectorIndex in seconds; no series without a periodic refresh."),
-}
+PROPOSED: dict[str, MetricDef] = {}
 
 
 def _definitions(objects: Any) -> dict[str, MetricDef]:

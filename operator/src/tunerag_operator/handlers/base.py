@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from tunerag_operator import kubeapi, metrics
 from tunerag_operator.api.common import GROUP, VERSION
-from tunerag_operator.api.kinds import Kind
+from tunerag_operator.api.kinds import ALL_KINDS, Kind
 from tunerag_operator.conditions import Conditions, get_condition, set_condition
 from tunerag_operator.config import OperatorConfig
 from tunerag_operator.references import PROBLEM_REASONS, Problem
@@ -27,6 +27,8 @@ Reconciler = Callable[[Any, str], list[Problem]]
 # Acts on an accepted spec (starts a run, for instance) and returns status fields to set; the
 # optional key "ready" holds (status, reason, message) for the Ready condition.
 Actor = Callable[[Any, kopf.Body, OperatorConfig], dict[str, Any]]
+# Sets a kind's own gauges from the object: fn(namespace, name, body).
+Exporter = Callable[[str, str, kopf.Body], None]
 DEFAULT_RETRY_DELAY = 15.0
 
 
@@ -105,9 +107,34 @@ def reconcile(
         metrics.RECONCILE_SECONDS.labels(kind.kind).observe(time.perf_counter() - started)
 
 
-def register(kind: Kind, check: Reconciler, initial_phase: str, act: Actor | None = None) -> None:
+# A kind's own gauges, set from each of its objects on every watch event (see `watch`).
+EXPORTERS: dict[str, Exporter] = {}
+
+
+def watch(kind: Kind) -> None:
+    """Keeps the metrics of each resource of `kind` true from every watch event, the listing at
+    operator start included, whoever wrote its status: tunerag_resource_phase from status.phase,
+    and the kind's exporter (`EXPORTERS`), if any. A deleted resource's series are removed. An
+    event handler adds no finalizer and stores nothing on the object."""
+
+    def on_event(body: kopf.Body, type: str | None, **_: Any) -> None:
+        namespace, name = str(body.meta.get("namespace")), str(body.meta.get("name"))
+        if type == "DELETED":
+            metrics.forget(kind.kind, namespace, name)
+            return
+        metrics.set_phase(kind.kind, namespace, name, body.status.get("phase"))
+        if (export := EXPORTERS.get(kind.kind)) is not None:
+            export(namespace, name, body)
+
+    kopf.on.event(GROUP, VERSION, kind.plural, id="metrics")(on_event)
+
+
+def register(
+    kind: Kind, check: Reconciler, initial_phase: str, act: Actor | None = None, export: Exporter | None = None
+) -> None:
     """Registers the level-triggered reconcile of `kind` for creation, spec changes and operator
-    restarts (resume). Retries on temporary problems forever, with back-off."""
+    restarts (resume). Retries on temporary problems forever, with back-off. `export` sets the
+    kind's own gauges from each object (`watch`)."""
 
     def handler(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
         config = memo.get("config") or OperatorConfig.defaults()
@@ -115,3 +142,10 @@ def register(kind: Kind, check: Reconciler, initial_phase: str, act: Actor | Non
 
     for on in (kopf.on.create, kopf.on.update, kopf.on.resume):
         on(GROUP, VERSION, kind.plural, id="reconcile", retries=None, backoff=DEFAULT_RETRY_DELAY)(handler)
+    if export is not None:
+        EXPORTERS[kind.kind] = export
+
+
+# Every kind, also those whose status a timer writes (RolloutPolicy, FineTuneSchedule).
+for _kind in ALL_KINDS:
+    watch(_kind)

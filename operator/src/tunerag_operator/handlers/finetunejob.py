@@ -7,7 +7,7 @@ from typing import Any
 
 import kopf
 
-from tunerag_operator import events, kubeapi, references, registry
+from tunerag_operator import durations, events, kubeapi, metrics, references, registry
 from tunerag_operator.api.common import GROUP, VERSION
 from tunerag_operator.api.finetunejob import FineTuneJobSpec
 from tunerag_operator.api.kinds import FINETUNEJOB
@@ -134,4 +134,18 @@ def report_progress(namespace: str | None, status: kopf.Status, patch: kopf.Patc
         patch.status["phase"] = phase
 
 
-register(FINETUNEJOB, check, initial_phase="Pending", act=start_run)
+def _recorded_at(body: kopf.Body) -> float:
+    """The newest time the object records a change: created, started, finished, a condition moved."""
+    status = body.status
+    times = [body.meta.get("creationTimestamp"), status.get("startTime"), status.get("completionTime"),
+             *(c.get("lastTransitionTime") for c in status.get("conditions") or [])]
+    return max((durations.parse_time(t).timestamp() for t in times if isinstance(t, str)), default=0.0)
+
+
+def export_metrics(namespace: str, name: str, body: kopf.Body) -> None:
+    """tunerag_finetune_* from status.progress and the phase (on every watch event)."""
+    metrics.set_finetune_progress(namespace, name, body.status.get("phase"), body.status.get("progress") or {},
+                                  _recorded_at(body))
+
+
+register(FINETUNEJOB, check, initial_phase="Pending", act=start_run, export=export_metrics)

@@ -6,7 +6,7 @@ from typing import Any
 
 import kopf
 
-from tunerag_operator import durations, events, kubeapi, references
+from tunerag_operator import durations, events, kubeapi, metrics, references
 from tunerag_operator.api.common import GROUP, VERSION
 from tunerag_operator.api.kinds import VECTORINDEX
 from tunerag_operator.api.vectorindex import VectorIndexSpec
@@ -96,6 +96,39 @@ def observe_run(namespace: str, name: str, job_name: str, state: RunState) -> No
         events.info(obj, "Indexed", conds[-1]["message"] if conds else "")
     elif update["phase"] == "Failed":
         events.warn(obj, state.reason, state.message)
+    if update["phase"] in ("Ready", "Failed") and status.get("phase") not in ("Ready", "Failed"):
+        # This write recorded the run as finished (a later call for the same run, or one after an
+        # operator restart, finds it so): the one place a run is counted.
+        _count_run(namespace, name, job_name, state, update.get("lastRun"))
+
+
+def _timestamp(text: Any) -> float | None:
+    return durations.parse_time(text).timestamp() if isinstance(text, str) and text else None
+
+
+def _count_run(namespace: str, name: str, job_name: str, state: RunState, changes: dict[str, int] | None) -> None:
+    ended = state.completion_time
+    if state.phase == "Failed":  # a failed Job has no completionTime: its Failed condition says when
+        job = kubeapi.get_job(namespace, job_name) or {}
+        failed = [c for c in (job.get("status") or {}).get("conditions") or []
+                  if c.get("type") == "Failed" and c.get("status") == "True"]
+        ended = failed[0].get("lastTransitionTime") if failed else now()
+    start, end = _timestamp(state.start_time), _timestamp(ended)
+    seconds = end - start if start is not None and end is not None else None
+    metrics.count_index_run(namespace, name, "Succeeded" if state.phase == "Succeeded" else "Failed", seconds, changes)
+
+
+def export_metrics(namespace: str, name: str, body: kopf.Body) -> None:
+    """tunerag_index_* gauges from the object (on every watch event)."""
+    status = body.status
+    interval = (body.spec.get("refresh") or {}).get("interval")
+    try:
+        refresh_seconds = durations.seconds(interval) if isinstance(interval, str) else None
+    except ValueError:
+        refresh_seconds = None
+    metrics.set_index_status(namespace, name, documents=status.get("documents"), chunks=status.get("chunks"),
+                             last_success=_timestamp(status.get("lastIndexedTime")),
+                             refresh_interval=refresh_seconds or None)
 
 
 DROP_ATTEMPTS = 3
@@ -166,4 +199,4 @@ def drop_tables(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, **_: Any) -
                       f"the VectorIndex is deleted and the tables are left in place: drop them by hand.")
 
 
-register(VECTORINDEX, check, initial_phase="Pending", act=start_run)
+register(VECTORINDEX, check, initial_phase="Pending", act=start_run, export=export_metrics)
