@@ -75,7 +75,7 @@ class FineTuneScheduleSpec(ApiModel):
     check_interval: Duration = Field(default="1m", description="How often the exchange log is counted for minNewSamples.")
     suspend: bool = Field(default=False, description="Start no new runs (a running one finishes).")
     feedback: FeedbackSelection = Field(description="The feedback source and how it becomes a dataset.")
-    template: FineTuneTemplate = Field(description="The FineTuneJob each run creates; its dataset.train is the original data.")
+    template: FineTuneTemplate = Field(description="The FineTuneJob each run creates. Its dataset.train is the original data, mixed with the feedback; a run's validation set is the held-out slice (dataset.validation here is not used) and its gates.baseline the version serving.")
     min_improvement: float = Field(default=0.01, ge=-1, le=1, description="A run must lower the validation loss on the held-out feedback by at least this share relative to the version now serving (0.01: 1%); otherwise its AdapterVersion is Rejected and never rolled out.")
     history_limit: int = Field(default=5, ge=1, le=50, description="Finished runs kept (their FineTuneJobs and Jobs); older ones are deleted. Datasets and AdapterVersions are kept.")
 
