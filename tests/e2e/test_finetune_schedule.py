@@ -263,3 +263,26 @@ def test_an_operator_restart_between_trigger_and_run_starts_it_once(
     assert [j for j in _jobs(api, namespace) if j.startswith("sched-")] == ["sched-1-data", "sched-1-g1"]
     versions = client.CustomObjectsApi(api).list_namespaced_custom_object(GROUP, VERSION, namespace, "adapterversions")
     assert [v["metadata"]["name"] for v in versions["items"]] == [f"{FAMILY}-v1"]
+
+
+def test_a_missing_policy_and_an_unreachable_database_are_reported_and_never_show_the_uri(
+    operator: OperatorProcess, api: client.ApiClient, namespace: str, tmp_path: Path,
+) -> None:
+    _schedule(api, namespace, tmp_path, minNewSamples=10)
+
+    def condition(type_: str) -> dict[str, Any]:
+        return next((c for c in _status(api, namespace).get("conditions") or [] if c["type"] == type_), {})
+
+    wait_for(lambda: condition("Accepted").get("reason") == "RolloutPolicyNotFound", 60, "RolloutPolicyNotFound")
+    assert "spec.feedback.rolloutPolicy" in condition("Accepted")["message"]
+    password = "n0t-f0r-y0ur-eyes"
+    _secret(api, namespace, f"postgresql://tunerag:{password}@127.0.0.1:9/feedback")  # nothing listens on port 9
+    _offline_policy(api, namespace)
+    wait_for(lambda: condition("Ready").get("reason") == "DatabaseUnreachable", 90, "DatabaseUnreachable")
+    status = _status(api, namespace)
+    assert condition("Accepted")["status"] == "True" and status["phase"] == "Idle" and status.get("runs", 0) == 0
+    assert "connection refused" in condition("Ready")["message"] and "Secret db" in condition("Ready")["message"]
+    events = [f"{e.reason} {e.message}" for e in client.CoreV1Api(api).list_namespaced_event(namespace).items]
+    assert any(e.startswith("DatabaseUnreachable") for e in events)
+    assert password not in str(status) + " ".join(events) and "127.0.0.1:9" not in str(status)
+    assert password not in operator.log_path.read_text()

@@ -12,7 +12,7 @@ from tunerag_operator.api.finetuneschedule import ActiveRun, FineTuneScheduleSpe
 from tunerag_operator.cli.summary import summarize
 from tunerag_operator.render.workload import Owner, config_map, job
 from tunerag_operator.schedule import render
-from tunerag_operator.schedule.controller import Pass
+from tunerag_operator.schedule.controller import Pass, later
 from tunerag_operator.schedule.source import Source
 from tunerag_workloads.feedback_dataset.build import parse_request
 
@@ -108,3 +108,9 @@ def test_the_schedule_row_of_kubectl_tunerag_status() -> None:
     assert (row.progress, row.details) == ("7/50 new samples", "last sched-2 Succeeded (qa-v3), next 2026-01-01T03:00:00Z")
     obj["status"]["active"] = {"run": "sched-3", "stage": "Training"}
     assert (summarize(obj).progress, summarize(obj).details) == ("run sched-3: training", "last sched-2 Succeeded (qa-v3)")
+
+
+def test_the_watermark_never_moves_back() -> None:
+    assert later("2026-03-01T12:00:00.5Z", "2026-03-01T12:00:00Z") == "2026-03-01T12:00:00.5Z"
+    assert later("2026-03-01T11:00:00Z", "2026-03-01T12:00:00Z") == "2026-03-01T12:00:00Z"
+    assert later(None, "2026-03-01T12:00:00Z") == "2026-03-01T12:00:00Z" and later(None, None) is None

@@ -41,6 +41,13 @@ def start_job(run: WorkloadRun) -> None:
     kubeapi.create_if_absent(job(run))
 
 
+def later(a: str | None, b: str | None) -> str | None:
+    """The later of two RFC 3339 times (a watermark never moves back)."""
+    if not a or not b:
+        return a or b
+    return a if durations.parse_time(a) >= durations.parse_time(b) else b
+
+
 def stamp(t: dt.datetime) -> str:
     return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -193,7 +200,7 @@ class Pass:
             return self.finish(active, "Failed", f"{state.reason}: {state.message}")
         result = state.result or {}
         # The data was read: newer feedback counts from here, whatever the run makes of it.
-        self.set(watermark=result.get("watermark") or self.status.get("watermark"), newSamples=0)
+        self.set(watermark=later(result.get("watermark"), self.status.get("watermark")), newSamples=0)
         if result.get("skipped"):
             return self.finish(active, "Skipped", f"{result.get('reason', 'NotEnoughFeedback')}: {result.get('message', '')}")
         if not result.get("trainUri") or not result.get("validationUri"):
