@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import re
+from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "tunerag.dev"
@@ -19,7 +20,12 @@ NO_TRAVERSAL = {
     "message": "must not contain '..' path segments",
 }
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# Label keys, taint keys and resource names: an optional DNS-subdomain prefix (at most 253
+# characters, checked apart) and a name of at most 63. Label values: at most 63, may be empty.
+QUALIFIED_NAME = (r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+                  r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$"
 SQL_IDENTIFIER = r"^[a-z_][a-z0-9_]*$"
 DURATION = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
 
@@ -56,7 +62,7 @@ class SecretKeyRef(ApiModel):
 
     name: str = Field(pattern=DNS_SUBDOMAIN, max_length=253,
                       description="Name of the Secret, in the same namespace as the resource.")
-    key: str = Field(max_length=253, pattern=r"^[-._a-zA-Z0-9]+$",
+    key: str = Field(max_length=253, pattern=r"^[.]?[-_a-zA-Z0-9][-._a-zA-Z0-9]*$",  # as Kubernetes: not . and not starting ..
                      description="Key within the Secret.")
 
 
@@ -92,24 +98,96 @@ class StatusBase(ApiModel):
     )
 
 
-class Toleration(ApiModel):
-    """A pod toleration, as in a PodSpec."""
+def _check_prefix(value: str, limit: int) -> str:
+    """The part before `/` of a qualified name is at most `limit` characters (a regular
+    expression cannot say so); mirrored by `_prefix_rule` in CEL."""
+    if "/" in value and len(value.split("/")[0]) > limit:
+        raise ValueError(f"the prefix before '/' must be at most {limit} characters")
+    return value
 
-    key: str | None = Field(default=None, max_length=316, description="Taint key the toleration applies to.")
-    operator: Literal["Exists", "Equal"] | None = Field(default=None, description="Exists or Equal.")
-    value: str | None = Field(default=None, max_length=63, description="Taint value for the Equal operator.")
+
+def _prefix_rule(path: str, limit: int) -> str:
+    return f"!{path}.contains('/') || {path}.split('/')[0].size() <= {limit}"
+
+
+def _label_keys(keys: dict[str, str]) -> dict[str, str]:
+    for key in keys:
+        if not re.fullmatch(QUALIFIED_NAME, key):
+            raise ValueError(f"{key!r} is not a label key: [prefix/]name, name of at most 63 of [-A-Za-z0-9_.]")
+        _check_prefix(key, 253)
+    return keys
+
+
+LabelValue = Annotated[str, Field(pattern=LABEL_VALUE, max_length=63)]
+NodeSelector = Annotated[
+    dict[str, LabelValue],
+    Field(max_length=64, json_schema_extra={"x-kubernetes-validations": [{
+        "rule": f"self.all(k, k.matches(r'{QUALIFIED_NAME}') && ({_prefix_rule('k', 253)}))",
+        "message": "keys must be label keys: [prefix/]name, prefix a DNS subdomain of at most 253, "
+                   "name at most 63 of [-A-Za-z0-9_.]"}]}),
+    AfterValidator(_label_keys),
+]
+# What a container can request as a GPU: an extended resource, `domain/name`, outside
+# kubernetes.io, that is still a qualified name after Kubernetes's quota prefix `requests.`.
+EXTENDED_RESOURCE = (r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/"
+                     r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+
+
+def _extended_resource(value: str) -> str:
+    if value.startswith("requests.") or "kubernetes.io/" in value:
+        raise ValueError("an extended resource must not start with 'requests.' or lie under kubernetes.io")
+    return _check_prefix(value, 244)
+
+
+class Toleration(ApiModel):
+    """A pod toleration, as in a PodSpec; the rules are the PodSpec's own, so a toleration the
+    API server admits here is one it admits on the pod."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        {"rule": f"!has(self.key) || {_prefix_rule('self.key', 253)}",
+         "message": "the prefix before '/' must be at most 253 characters", "fieldPath": ".key"},
+        {"rule": "has(self.key) || (has(self.operator) && self.operator == 'Exists')",
+         "message": "a toleration without a key must use operator Exists", "fieldPath": ".operator"},
+        {"rule": "!has(self.value) || self.value == '' || !has(self.operator) || self.operator == 'Equal'",
+         "message": "operator Exists takes no value", "fieldPath": ".value"},
+        {"rule": "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+         "message": "tolerationSeconds applies only to effect NoExecute", "fieldPath": ".tolerationSeconds"},
+    ]})
+
+    key: str | None = Field(default=None, pattern=QUALIFIED_NAME, max_length=317, description="Taint key the toleration applies to.")
+    operator: Literal["Exists", "Equal"] | None = Field(default=None, description="Exists or Equal (the default).")
+    value: str | None = Field(default=None, pattern=LABEL_VALUE, max_length=63, description="Taint value for the Equal operator.")
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(default=None, description="Taint effect to match.")
-    toleration_seconds: int | None = Field(default=None, description="For NoExecute: how long the pod stays bound after the taint.")
+    toleration_seconds: int | None = Field(default=None, ge=0, le=2**31 - 1, description="For NoExecute: how long the pod stays bound after the taint.")
+
+    @model_validator(mode="after")
+    def _as_the_pod_spec_requires(self) -> Self:
+        if self.key is not None:
+            _check_prefix(self.key, 253)
+        if self.key is None and self.operator != "Exists":
+            raise ValueError("a toleration without a key must use operator Exists")
+        if self.value and self.operator == "Exists":
+            raise ValueError("operator Exists takes no value")
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            raise ValueError("tolerationSeconds applies only to effect NoExecute")
+        return self
 
 
 class PodResources(ApiModel):
     """Where and with what the workload pods run."""
 
     gpus: int = Field(default=0, ge=0, le=16, description="GPUs per pod; more than one trains with torchrun on one node.")
-    gpu_resource_name: str = Field(default="nvidia.com/gpu", max_length=253, description="Extended resource name of the GPU.")
-    cpu: str | None = Field(default=None, pattern=r"^[0-9]+(\.[0-9]+)?m?$", description="CPU request and limit, e.g. 4 or 500m.")
-    memory: str | None = Field(default=None, pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$", description="Memory request and limit, e.g. 16Gi.")
-    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the pod must match.")
+    gpu_resource_name: Annotated[str, AfterValidator(_extended_resource)] = Field(
+        default="nvidia.com/gpu", pattern=EXTENDED_RESOURCE, max_length=253,
+        json_schema_extra={"x-kubernetes-validations": [
+            {"rule": "!self.startsWith('requests.') && !self.contains('kubernetes.io/')",
+             "message": "an extended resource must not start with 'requests.' or lie under kubernetes.io"},
+            {"rule": _prefix_rule("self", 244), "message": "the prefix before '/' must be at most 244 characters"}]},
+        description="Extended resource name of the GPU, domain/name, e.g. nvidia.com/gpu.")
+    cpu: str | None = Field(default=None, pattern=r"^[0-9]+(\.[0-9]+)?m?$", max_length=32, description="CPU request and limit, e.g. 4 or 500m.")
+    memory: str | None = Field(default=None, pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$", max_length=32,
+                               description="Memory request and limit, e.g. 16Gi (binary) or 16G (decimal; kilo is a lowercase k).")
+    node_selector: NodeSelector = Field(default_factory=dict, description="Node labels the pod must match.")
     tolerations: list[Toleration] = Field(default_factory=list, max_length=32, description="Pod tolerations, as in a PodSpec.")
-    priority_class_name: str | None = Field(default=None, max_length=253, description="PriorityClass of the pod.")
-    image: str | None = Field(default=None, max_length=512, description="Workload image; defaults to the operator's configured workloads image.")
+    priority_class_name: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, max_length=253, description="PriorityClass of the pod.")
+    image: str | None = Field(default=None, pattern=r"^[^\s]+$", max_length=512, description="Workload image; defaults to the operator's configured workloads image.")

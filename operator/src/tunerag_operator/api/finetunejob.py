@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field
 
-from tunerag_operator.api.common import DNS_LABEL, ApiModel, PodResources, StatusBase, Uri
+from tunerag_operator.api.common import DNS_LABEL, DNS_SUBDOMAIN, ApiModel, PodResources, StatusBase, Uri
 
 
 class BaseModelRef(ApiModel):
@@ -135,7 +135,7 @@ class Output(ApiModel):
     """Where artifacts are written."""
 
     uri: Uri
-    credentials_secret: str | None = Field(default=None, max_length=253, description="Secret (same namespace) whose keys become the workload's environment for the artifact store, e.g. AWS_ACCESS_KEY_ID.")
+    credentials_secret: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, max_length=253, description="Secret (same namespace) whose keys become the workload's environment for the artifact store, e.g. AWS_ACCESS_KEY_ID.")
     quantize: QuantizeOutput | None = Field(default=None, description="Optional quantized merged model.")
 
 
