@@ -231,7 +231,7 @@ class Router:
     picked target that is still starting holds the request until it is ready (at most
     `activation_timeout` seconds), like Knative's activator for a revision scaled from zero."""
 
-    def __init__(self, name: str, port: int = 0, activation_timeout: float = 15.0) -> None:
+    def __init__(self, name: str, port: int = 0, activation_timeout: float = 60.0) -> None:
         self.name = name
         self.activation_timeout = activation_timeout
         self._lock = threading.Condition()
@@ -574,7 +574,7 @@ class KServeController:
         workdir: Path | None = None,
         poll_seconds: float = 0.5,
         default_deployment_mode: str = KNATIVE,
-        activation_timeout: float = 15.0,
+        activation_timeout: float = 60.0,
     ) -> None:
         self.api_client = api_client
         self.custom = client.CustomObjectsApi(api_client)

@@ -110,7 +110,7 @@ def traffic(status: Obj) -> dict[str, int]:
 def post(url: str, payload: Obj | None = None, path: str = "/v2/models/m/infer") -> Obj:
     data = json.dumps(payload or {"inputs": []}).encode()
     req = urllib.request.Request(url + path, data=data, method="POST", headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=20) as resp:
+    with urllib.request.urlopen(req, timeout=90) as resp:
         body: Obj = json.load(resp)
         return body
 
