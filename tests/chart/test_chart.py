@@ -25,6 +25,7 @@ from kubernetes.client.exceptions import ApiException
 
 from chart.conftest import CHART, KUBECTL, ROOT, Helm
 from substrate import kube
+from tunerag_operator.config import parse
 
 # --------------------------------------------------------------------------------------------
 # The RBAC table. Every (apiGroup, resource, verb) the operator is granted; a rule added to or
@@ -158,6 +159,7 @@ def test_deployment_defaults(helm: Helm) -> None:
     assert env["TUNERAG_METRICS_PORT"] == "9090"
     assert env["TUNERAG_WORKLOADS_IMAGE"] == "ghcr.io/tunerag/workloads:9.9.9"
     assert env["TUNERAG_LOG_FORMAT"] == "json"
+    assert env["TUNERAG_PROMETHEUS_ALLOW"] == ""
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     sc = container["securityContext"]
@@ -182,11 +184,16 @@ def test_deployment_defaults(helm: Helm) -> None:
 
 def test_namespaced_mode_and_servicemonitor(helm: Helm) -> None:
     docs = helm.render("--set", "watchNamespaces={team-a,team-b}", "--set", "serviceMonitor.enabled=true",
-                       "--set", "serviceMonitor.labels.release=prom", "--set", "logFormat=plain")
+                       "--set", "serviceMonitor.labels.release=prom", "--set", "logFormat=plain",
+                       "--set", "analysis.prometheusAllowList={http://prom.monitoring.svc:9090,https://thanos.example}")
     (deploy,) = by_kind(docs, "Deployment")
     env = {e["name"]: e.get("value") for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["TUNERAG_NAMESPACES"] == "team-a,team-b"
     assert env["TUNERAG_LOG_FORMAT"] == "plain"
+    assert env["TUNERAG_PROMETHEUS_ALLOW"] == "http://prom.monitoring.svc:9090,https://thanos.example"
+    with pytest.MonkeyPatch.context() as mp:  # what the operator makes of it
+        mp.setenv("TUNERAG_PROMETHEUS_ALLOW", env["TUNERAG_PROMETHEUS_ALLOW"])
+        assert parse([]).prometheus_allow == ("http://prom.monitoring.svc:9090", "https://thanos.example")
     (sm,) = by_kind(docs, "ServiceMonitor")
     assert sm["metadata"]["labels"]["release"] == "prom"
     assert sm["spec"]["endpoints"][0]["port"] == "metrics"

@@ -16,6 +16,7 @@ class OperatorConfig:
     log_format: str
     verbose: bool
     retry_delay: float = 15.0
+    prometheus_allow: tuple[str, ...] = ()  # Prometheus base URLs analyses may query; empty: any (not link-local)
 
     @classmethod
     def defaults(cls) -> OperatorConfig:
@@ -40,9 +41,13 @@ def parse(argv: list[str] | None = None) -> OperatorConfig:
     p.add_argument("--log-format", choices=["json", "plain"], default=env.get("TUNERAG_LOG_FORMAT", "json"))
     p.add_argument("--retry-delay", type=float, default=float(env.get("TUNERAG_RETRY_DELAY", "15")),
                    help="seconds between re-checks of a resource whose references are missing")
+    p.add_argument("--prometheus-allow", default=env.get("TUNERAG_PROMETHEUS_ALLOW", ""),
+                   help="comma-separated Prometheus base URLs that analyses may query (http://host admits any "
+                        "port); empty admits any address that is not link-local")
     p.add_argument("--verbose", action="store_true", default=env.get("TUNERAG_VERBOSE") == "1")
     a = p.parse_args(argv)
     namespaces = tuple(n.strip() for n in a.namespaces.split(",") if n.strip())
     return OperatorConfig(
-        namespaces, a.health_port, a.metrics_port, a.workloads_image, a.log_format, a.verbose, a.retry_delay
+        namespaces, a.health_port, a.metrics_port, a.workloads_image, a.log_format, a.verbose, a.retry_delay,
+        tuple(u.strip() for u in a.prometheus_allow.split(",") if u.strip()),
     )

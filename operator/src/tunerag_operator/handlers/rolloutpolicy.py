@@ -24,6 +24,7 @@ from tunerag_operator.conditions import set_condition
 from tunerag_operator.config import OperatorConfig
 from tunerag_operator.handlers.base import describe_validation_error
 from tunerag_operator.references import Problem
+from tunerag_operator.rollout import analysis, prometheus
 from tunerag_operator.rollout.controller import Blocked, Pass, serving_binding, versions
 
 TICK = float(os.environ.get("TUNERAG_ROLLOUT_TICK", "5"))
@@ -32,8 +33,11 @@ TICK = float(os.environ.get("TUNERAG_ROLLOUT_TICK", "5"))
 RESYNC = float(os.environ.get("TUNERAG_ROLLOUT_RESYNC", "30"))
 
 
-def check(spec: RolloutPolicySpec, namespace: str) -> list[Problem]:
-    problems = references.uri(namespace, spec.target.base_model, "spec.target.baseModel")
+def check(spec: RolloutPolicySpec, namespace: str, prometheus_allow: tuple[str, ...] = ()) -> list[Problem]:
+    problems = [Problem("PrometheusNotAllowed", f"{field} {address!r} {why}.")
+                for field, address in analysis.addresses(spec)
+                if (why := prometheus.address_problem(address, prometheus_allow))]
+    problems += references.uri(namespace, spec.target.base_model, "spec.target.baseModel")
     if spec.retrieval is not None:
         problems += references.custom(namespace, VECTORINDEX.plural, VECTORINDEX.kind,
                                       spec.retrieval.vector_index.name, "spec.retrieval.vectorIndex")
@@ -88,7 +92,7 @@ def rollout(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> No
     if _settled(body):
         return
     family = versions(_family(ns, spec.adapter_selector.family))
-    problems = check(spec, ns)
+    problems = check(spec, ns, config.prometheus_allow)
     if problems:
         message = " ".join(p.message for p in problems)
         conds = set_condition(conds, "Accepted", "False", problems[0].reason, message, generation)

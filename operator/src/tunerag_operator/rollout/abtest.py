@@ -12,7 +12,7 @@ from tunerag_operator import durations, kubeapi, metrics
 from tunerag_operator.conditions import now
 from tunerag_operator.render import inferenceservice as render
 from tunerag_operator.render.inferenceservice import Desired
-from tunerag_operator.rollout import analysis
+from tunerag_operator.rollout import prometheus
 from tunerag_operator.rollout.observe import Observed, failed_since, observe
 from tunerag_operator.rollout.stats import two_proportion_z
 
@@ -45,8 +45,8 @@ def _arm(p: Pass, service: str, version: str, window: str) -> tuple[int, int] | 
     sel = _SEL.format(ns=p.ns, svc=service, version=version)
     good_q, total_q = QUERIES[ab.metric]
     try:
-        good = analysis.query(address, good_q.format(sel=sel, window=window))
-        total = analysis.query(address, total_q.format(sel=sel, window=window))
+        good = prometheus.query(address, good_q.format(sel=sel, window=window))
+        total = prometheus.query(address, total_q.format(sel=sel, window=window))
     except OSError:
         return None
     if good is None or total is None:

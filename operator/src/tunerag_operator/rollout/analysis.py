@@ -4,18 +4,13 @@ NaN) is *Inconclusive*: the rollout waits, it never promotes on missing data."""
 
 from __future__ import annotations
 
-import json
-import math
-import urllib.error
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass, field
 from typing import Literal
 
-from tunerag_operator.api.rolloutpolicy import Analysis, Metric
+from tunerag_operator.api.rolloutpolicy import Analysis, Metric, RolloutPolicySpec
+from tunerag_operator.rollout.prometheus import query
 
 Verdict = Literal["Passed", "Failed", "Inconclusive"]
-TIMEOUT = 5.0
 
 _SELECTOR = 'namespace="{{namespace}}",service="{{service}}",adapter_version="{{candidate}}"'
 BUILTIN = {
@@ -46,29 +41,6 @@ def render_query(template: str, names: dict[str, str]) -> str:
 
 def window(seconds: float) -> str:
     return f"{max(int(seconds), 2)}s"
-
-
-def query(address: str, promql: str) -> float | None:
-    """The query's single value, or None for no data. Raises OSError when Prometheus is
-    unreachable or answers with an error."""
-    url = address.rstrip("/") + "/api/v1/query?" + urllib.parse.urlencode({"query": promql})
-    try:
-        with urllib.request.urlopen(url, timeout=TIMEOUT) as resp:
-            body = json.loads(resp.read())
-    except (urllib.error.URLError, TimeoutError, ValueError) as exc:
-        raise OSError(f"Prometheus at {address} did not answer: {exc}") from exc
-    if body.get("status") != "success":
-        raise OSError(f"Prometheus refused the query: {body.get('error', body)}")
-    data = body.get("data") or {}
-    result = data.get("result")
-    if data.get("resultType") == "scalar":
-        values = [result[1]] if result else []
-    else:
-        values = [r["value"][1] for r in result or []]
-    if len(values) != 1:
-        return None
-    value = float(values[0])
-    return None if math.isnan(value) or math.isinf(value) else value
 
 
 def measure(analysis: Analysis, metrics: tuple[str, ...], names: dict[str, str], interval_s: float) -> Measurement:
@@ -107,6 +79,12 @@ def measure(analysis: Analysis, metrics: tuple[str, ...], names: dict[str, str],
     return out
 
 
-def counts(address: str, promql: str) -> float | None:
-    """A counter-style query for the A/B test (None: no data)."""
-    return query(address, promql)
+def addresses(spec: RolloutPolicySpec) -> list[tuple[str, str]]:
+    """Every Prometheus address the policy would query, with the field that names it."""
+    out = []
+    if spec.analysis.prometheus_address:
+        out.append(("spec.analysis.prometheusAddress", spec.analysis.prometheus_address))
+    for i, m in enumerate(spec.analysis.metrics):
+        if m.prometheus is not None:
+            out.append((f"spec.analysis.metrics[{i}].prometheus.address", m.prometheus.address))
+    return out
