@@ -195,7 +195,7 @@ class AnalysisRun(ApiModel):
 class AbTestResult(ApiModel):
     """The state and outcome of an A/B test."""
 
-    started_at: str = Field(description="When both arms started taking traffic.")
+    started_at: str | None = Field(default=None, description="When both arms started taking traffic (unset while the candidate's service starts).")
     samples: dict[str, int] = Field(default_factory=dict, description="Samples per arm (stable, candidate).")
     rates: dict[str, float] = Field(default_factory=dict, description="Success or feedback rate per arm.")
     z_score: float | None = Field(default=None, description="Two-proportion z statistic (candidate minus stable).")

@@ -15,6 +15,7 @@ from tunerag_operator.conditions import now, set_condition
 from tunerag_operator.config import OperatorConfig
 from tunerag_operator.handlers import runs
 from tunerag_operator.handlers.base import register
+from tunerag_operator.handlers.timers import owns_status
 from tunerag_operator.references import Problem
 from tunerag_operator.render.workload import Owner, WorkloadRun, run_name
 from tunerag_operator.runstate import RunState
@@ -123,6 +124,7 @@ def observe_run(namespace: str, name: str, job_name: str, state: RunState) -> No
 
 @kopf.timer(GROUP, VERSION, FINETUNEJOB.plural, interval=PROGRESS_INTERVAL, idle=None,
             when=lambda status, **_: status.get("phase") in ACTIVE and bool(status.get("jobName")))
+@owns_status(FINETUNEJOB)
 def report_progress(namespace: str | None, status: kopf.Status, patch: kopf.Patch, **_: Any) -> None:
     """Copies the running pod's latest progress record into status.progress and the phase."""
     record = runs.progress(str(namespace), str(status["jobName"]))

@@ -20,6 +20,7 @@ from tunerag_operator.conditions import get_condition, set_condition
 from tunerag_operator.config import OperatorConfig
 from tunerag_operator.handlers import finetunejob
 from tunerag_operator.handlers.base import describe_validation_error
+from tunerag_operator.handlers.timers import owns_status
 from tunerag_operator.schedule import controller
 
 TICK = float(os.environ.get("TUNERAG_SCHEDULE_TICK", "5"))
@@ -46,6 +47,7 @@ def _settled(body: kopf.Body, spec: FineTuneScheduleSpec, now: dt.datetime) -> b
 
 
 @kopf.timer(GROUP, VERSION, FINETUNESCHEDULE.plural, id="schedule", interval=TICK, sharp=False, backoff=max(TICK, 2.0))
+@owns_status(FINETUNESCHEDULE)
 def schedule(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     config = memo.get("config") or OperatorConfig.defaults()
     generation = body.meta.get("generation")

@@ -14,6 +14,7 @@ from tunerag_operator.conditions import now, set_condition
 from tunerag_operator.config import OperatorConfig
 from tunerag_operator.handlers import runs
 from tunerag_operator.handlers.base import register
+from tunerag_operator.handlers.timers import owns_status
 from tunerag_operator.references import Problem
 from tunerag_operator.render.workload import Owner, WorkloadRun, run_name
 from tunerag_operator.runstate import RunState
@@ -140,6 +141,7 @@ def _refresh_due(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:
 
 
 @kopf.timer(GROUP, VERSION, VECTORINDEX.plural, interval=5, when=_refresh_due)
+@owns_status(VECTORINDEX)
 def refresh(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, **_: Any) -> None:
     """spec.refresh.interval: re-run the (incremental) indexing when the interval has passed since
     the last run ended. Only a Ready or Failed index is refreshed, so runs never overlap; old run

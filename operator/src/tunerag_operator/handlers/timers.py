@@ -1,0 +1,93 @@
+"""Timers that survive a refused status write.
+
+kopf applies the patch a timer leaves in `patch` after the handler returns, outside any error
+handling: when the API server refuses it (a 422 from the status schema, a 400 for a NaN), the
+exception ends that object's timer task, which kopf then marks as stopped for good (kopf 1.45,
+`daemons._timer` / `_runner`). Nothing is logged at the object, and the resource silently stops
+moving: this is how A/B tests used to stall after their first pass.
+
+`owns_status` makes a timer write its status itself, merge-patching the status subresource
+inside a try: a refusal is logged with the API server's message and shown on the object as
+`Ready=False`, reason `StatusRejected` (a bug to report), and the timer goes on at its next tick.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+import kopf
+from kubernetes.client.exceptions import ApiException
+
+from tunerag_operator import kubeapi
+from tunerag_operator.api.kinds import Kind
+from tunerag_operator.conditions import set_condition
+
+log = logging.getLogger(__name__)
+Handler = Callable[..., Any]
+
+
+def finite(value: Any) -> Any:
+    """`value` with NaN and infinities (which JSON cannot carry) replaced by None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite(v) for v in value]
+    return value
+
+
+def write_status(kind: Kind, body: kopf.Body, status: dict[str, Any]) -> None:
+    """Merge-patches `status` onto the object; never raises. A refusal is logged and shown as
+    Ready=False/StatusRejected; an object gone meanwhile is left alone."""
+    namespace, name = body.meta["namespace"], body.meta["name"]
+    try:
+        kubeapi.patch_status(namespace, kind.plural, name, finite(status))
+        return
+    except ApiException as exc:
+        if exc.status == 404:
+            return
+        detail = _message(exc)
+    except (ValueError, TypeError) as exc:  # not serialisable: a bug on our side
+        detail = str(exc)
+    log.error("%s %s/%s: the API server refused the status write: %s; status: %s", kind.kind, namespace, name, detail,
+              json.dumps(status, default=str)[:2000])
+    message = (f"The operator's status write was refused: {detail}. The {kind.kind} is not moving; this is a "
+               "bug in the operator: please report it with the operator's log.")
+    conds = set_condition([dict(c) for c in body.status.get("conditions") or []], "Ready", "False", "StatusRejected",
+                          message, body.meta.get("generation"))
+    try:
+        kubeapi.patch_status(namespace, kind.plural, name, {"conditions": conds})
+    except ApiException as exc:
+        log.error("%s %s/%s: could not report the refused status write either: %s", kind.kind, namespace, name, _message(exc))
+
+
+def owns_status(kind: Kind) -> Callable[[Handler], Handler]:
+    """Decorates a sync kopf timer: what it leaves in `patch.status` is written by `write_status`
+    rather than by kopf (other parts of the patch, if any, are still kopf's)."""
+
+    def decorate(fn: Handler) -> Handler:
+        @functools.wraps(fn)
+        def timer(*args: Any, body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, body=body, patch=patch, **kwargs)
+            finally:
+                status = patch.pop("status", None)
+                if status:
+                    write_status(kind, body, dict(status))
+
+        return timer
+
+    return decorate
+
+
+def _message(exc: ApiException) -> str:
+    try:
+        return str(json.loads(exc.body)["message"])
+    except (TypeError, ValueError, KeyError):
+        return f"{exc.status} {exc.reason}"
