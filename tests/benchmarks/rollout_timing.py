@@ -11,7 +11,7 @@ built-in error rate and p95 latency of the candidate from Prometheus while a cli
 flowing through the service (`e2e.serving_kit.Traffic`).
 
     PYTHONPATH=operator/src:workloads/src:tests python tests/benchmarks/rollout_timing.py \\
-        [--interval 10] [--analysis-steps 3] [--count 1] [--failure-limit 1] [--mode Knative]
+        [--interval 10] [--analysis-steps 3] [--count 1] [--failure-limit 1] [--mode Knative] [--settle 1]
 
 The scenario: v1 is deployed (the first version, no canary); v2, healthy, goes through
 `setWeight w1, analysis, setWeight w2, analysis, ..., setWeight 100` (weights evenly up to
@@ -135,6 +135,8 @@ def main() -> int:
     parser.add_argument("--mode", choices=["Knative", "Standard"], default="Knative")
     parser.add_argument("--traffic-pause", type=float, default=0.1, help="seconds between the client's requests")
     parser.add_argument("--skip-rollback", action="store_true")
+    parser.add_argument("--settle", type=float, default=1.0,
+                        help="TUNERAG_ROLLOUT_SETTLE: how long a pass waits for KServe after moving traffic (0: not at all)")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
     load_start = os.getloadavg()[0]
@@ -145,7 +147,7 @@ def main() -> int:
     cp = ControlPlane(work / "controlplane", bin_dir=Path(bin_dir) if bin_dir else None)
     op = OperatorProcess(cp.kubeconfig, work / "operator.log", extra_env={
         "TUNERAG_RETRY_DELAY": "2", "TUNERAG_PROGRESS_INTERVAL": "1", "TUNERAG_ROLLOUT_TICK": "1",
-        "TUNERAG_ROLLOUT_RESYNC": "5"})
+        "TUNERAG_ROLLOUT_RESYNC": "5", "TUNERAG_ROLLOUT_SETTLE": str(args.settle)})
     traffic: Traffic | None = None
     with contextlib.ExitStack() as stack:
         t = time.monotonic()

@@ -21,6 +21,7 @@ from e2e.serving_kit import (
     base_model,
     get,
     make_adapter,
+    post_feedback,
     register,
     wait_status,
 )
@@ -168,6 +169,18 @@ def test_standard_canary_promotes_a_healthy_candidate_and_rolls_back_one_that_fa
         logged = dict(conn.execute("SELECT adapter_version, count(*) FROM feedback GROUP BY 1").fetchall())
     assert logged.get(v1, 0) >= 1 and logged.get(v2, 0) >= 1
 
+    # The version serving cannot be deleted while it serves (the finalizer stays, Ready says why);
+    # a retired one can.
+    custom = client.CustomObjectsApi(api)
+    custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "adapterversions", v2)
+    blocked = wait_for(lambda: next((c for c in (get(api, namespace, "adapterversions", v2).get("status") or {}).get("conditions") or []
+                                     if c["reason"] == "DeletionBlocked"), None), 30, f"{v2} deletion to be blocked")
+    assert "RolloutPolicy qa serves it" in blocked["message"], blocked
+    custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "adapterversions", v1)
+    wait_for(lambda: v1 not in {a["metadata"]["name"] for a in custom.list_namespaced_custom_object(
+        GROUP, VERSION, namespace, "adapterversions")["items"]}, 30, f"{v1} (Retired) to be deleted")
+    assert get(api, namespace, "adapterversions", v2)["metadata"]["deletionTimestamp"]
+
 
 def test_knative_rollout_pauses_without_metrics_survives_a_restart_and_rolls_back_on_failed_analysis(
     operator: OperatorProcess, job_runner: JobRunner, kserve: Any, prometheus: Prometheus,
@@ -226,3 +239,61 @@ def test_knative_rollout_pauses_without_metrics_survives_a_restart_and_rolls_bac
     traffic.stop()
     assert set(traffic.by_version) == {v2}, traffic.by_version
 
+
+def test_ab_test_promotes_the_candidate_users_prefer(
+    operator: OperatorProcess, job_runner: JobRunner, kserve: Any, prometheus: Prometheus,
+    api: client.ApiClient, namespace: str,
+) -> None:
+    import random
+
+    _pvc(api, namespace, "artifacts")
+    v1 = register(api, namespace, 1, *_adapter(api, job_runner, namespace, 1, seed=1))
+    body = _policy(namespace, prometheus, "Standard", [])
+    body["spec"]["strategy"] = {"type": "abTest", "abTest": {
+        "split": 50, "duration": "20s", "metric": "feedbackRate", "confidence": 0.95, "minSamples": 15}}
+    _create(api, namespace, "rolloutpolicies", body)
+    wait_status(api, namespace, "qa", lambda s: s.get("stable") == v1 and s.get("phase") == "Promoted", 240, "v1 deployed")
+
+    v2 = register(api, namespace, 2, *_adapter(api, job_runner, namespace, 2, seed=2))
+    graph = wait_for(lambda: (client.CustomObjectsApi(api).get_namespaced_custom_object(
+        "serving.kserve.io", "v1alpha1", namespace, "inferencegraphs", "qa-ab").get("status") or {}).get("url"),
+        180, "the A/B graph's URL", interval=0.5)
+    arms = {v1: Traffic(api, namespace, "qa"), v2: Traffic(api, namespace, "qa-b")}
+    wait_for(lambda: all(t.url() for t in arms.values()), 180, "both arms' URLs", interval=0.5)
+    rng = random.Random(0)
+    liked = {v1: 0.35, v2: 0.85}  # users like the candidate's answers more often
+    answered: dict[str, int] = {v1: 0, v2: 0}
+    deadline = time.monotonic() + 240
+    status: dict[str, Any] = {}
+    refused: list[tuple[int, dict[str, Any]]] = []
+    while time.monotonic() < deadline:
+        code, answer = ask(graph, "what color is plum ?")
+        if code != 200:
+            refused.append((code, answer))
+        if code == 200:
+            version = answer["tunerag"]["adapterVersion"]
+            answered[version] += 1
+            # Feedback goes to the service that answered (its process knows the exchange).
+            label = "positive" if rng.random() < liked[version] else "negative"
+            arm_url = arms[version].url()
+            fb_code, fb = post_feedback(arm_url, answer["tunerag"]["exchangeId"], label) if arm_url else (0, {"error": "no URL"})
+            if fb_code != 202:  # acceptable only as the test ends (its second service is being removed)
+                wait_for(lambda: ((get(api, namespace, "rolloutpolicies", "qa").get("status") or {}).get("abTest") or {})
+                         .get("decision") not in (None, "Running"), 15,
+                         f"feedback to {arms[version].service} refused ({fb_code} {fb}) while the A/B test runs")
+            assert fb.get("adapterVersion") in (version, None), fb  # the arm that answered took the feedback
+        status = get(api, namespace, "rolloutpolicies", "qa").get("status") or {}
+        if status.get("phase") == "RolledBack" or (status.get("phase") == "Promoted" and status.get("stable") == v2):
+            break
+    assert status.get("phase") == "Promoted" and status["stable"] == v2, (status, answered, refused[:3], len(refused))
+    result = status["abTest"]
+    assert result["decision"] == "CandidateBetter" and result["pValue"] < 0.05
+    assert result["samples"]["candidate"] >= 15 and result["rates"]["candidate"] > result["rates"]["stable"]
+    assert min(answered.values()) > 0  # the splitter sent traffic to both
+    assert av_phase(api, namespace, v2) == "Serving" and av_phase(api, namespace, v1) == "Retired"
+    gone = wait_for(lambda: not any(
+        o["metadata"]["name"] in ("qa-b", "qa-ab")
+        for plural, version in (("inferenceservices", "v1beta1"), ("inferencegraphs", "v1alpha1"))
+        for o in client.CustomObjectsApi(api).list_namespaced_custom_object("serving.kserve.io", version, namespace, plural)["items"]),
+        60, "the A/B test's service and graph to be removed")
+    assert gone

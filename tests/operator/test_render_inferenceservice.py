@@ -55,6 +55,14 @@ def test_knative_mode_splits_by_canary_traffic_percent_and_parks_a_rolled_back_c
     assert parked["canaryTrafficPercent"] == 0 and _config(parked)["adapters"][0]["name"] == "qa-v2"
 
 
+def test_the_ab_tests_second_service_answers_to_the_first_ones_model_name() -> None:
+    """Clients send `model: qa` through the A/B graph, which hands half of them to `qa-b`."""
+    b = render.inference_service(_serving(), "Standard", Desired(stable=V2), name="qa-b")
+    config = _config(b["spec"]["predictor"])
+    assert (config["service"], config["aliases"]) == ("qa-b", ["qa"])
+    assert _config(render.predictor(_serving(), "qa", V1))["aliases"] == []
+
+
 def test_predictor_has_no_credentials_and_reads_the_database_uri_from_the_secret() -> None:
     p = render.predictor(_serving(), "qa", V1)
     container = p["containers"][0]

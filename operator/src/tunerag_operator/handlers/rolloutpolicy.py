@@ -23,6 +23,7 @@ from tunerag_operator.api.rolloutpolicy import RolloutPolicySpec
 from tunerag_operator.conditions import set_condition
 from tunerag_operator.config import OperatorConfig
 from tunerag_operator.handlers.base import describe_validation_error
+from tunerag_operator.handlers.timers import owns_status
 from tunerag_operator.references import Problem
 from tunerag_operator.rollout import analysis, prometheus
 from tunerag_operator.rollout.controller import Blocked, Pass, serving_binding, versions
@@ -31,6 +32,9 @@ TICK = float(os.environ.get("TUNERAG_ROLLOUT_TICK", "5"))
 # A settled policy looks for new versions and repairs drift of its InferenceService this often; in
 # between its passes make no API calls.
 RESYNC = float(os.environ.get("TUNERAG_ROLLOUT_RESYNC", "30"))
+# After moving traffic a pass looks at the InferenceService again for this long (and an analysis
+# due this soon is measured on time), so a step does not wait a whole tick for KServe.
+SETTLE = float(os.environ.get("TUNERAG_ROLLOUT_SETTLE", str(min(TICK, 5.0))))
 
 
 def check(spec: RolloutPolicySpec, namespace: str, prometheus_allow: tuple[str, ...] = ()) -> list[Problem]:
@@ -75,6 +79,7 @@ def _settled(body: kopf.Body) -> bool:
 
 
 @kopf.timer(GROUP, VERSION, ROLLOUTPOLICY.plural, id="rollout", interval=TICK, sharp=False, backoff=max(TICK, 2.0))
+@owns_status(ROLLOUTPOLICY)
 def rollout(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     config = memo.get("config") or OperatorConfig.defaults()
     ns = body.meta["namespace"]
@@ -104,7 +109,7 @@ def rollout(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> No
     raw = {"metadata": dict(body.meta), "status": dict(body.status), "apiVersion": body.get("apiVersion"), "kind": body.get("kind")}
     try:
         serving = serving_binding(spec, raw, config.workloads_image)
-        outcome = Pass(raw, spec, family, serving).run()
+        outcome = Pass(raw, spec, family, serving, SETTLE).run()
     except Blocked as exc:
         conds = set_condition(conds, "Ready", "False", exc.reason, exc.message, generation)
         _write(body, patch, before, conds, {"phase": body.status.get("phase") or "Idle", "message": exc.message}, generation)

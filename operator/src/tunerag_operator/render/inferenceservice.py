@@ -81,11 +81,14 @@ class Serving:
 
 
 def serve_config(s: Serving, service: str, adapters: list[ServedAdapter]) -> dict[str, Any]:
-    """The `TUNERAG_SERVE_CONFIG` document of `tunerag_workloads.serve` (docs/serving.md)."""
+    """The `TUNERAG_SERVE_CONFIG` document of `tunerag_workloads.serve` (docs/serving.md). A service
+    other than the policy's own (an A/B test's `-b`) also answers to the policy's service name:
+    clients keep sending `model: <service>` through the A/B graph."""
     r, f = s.retrieval, s.feedback
     return {
         "namespace": s.namespace,
         "service": service,
+        "aliases": [s.service] if service != s.service else [],
         "baseModel": s.target.base_model,
         "loadIn4bit": s.target.load_in_4bit,
         "adapters": [{"name": a.name, "uri": a.uri, "sha256": a.sha256} for a in adapters],

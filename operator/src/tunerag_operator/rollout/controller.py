@@ -15,7 +15,8 @@ is written in the same status patch as its record.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,8 +143,12 @@ def _age(ts: str | None) -> float:
 class Pass:
     """One pass over one policy. `family` is the index of its adapter family."""
 
-    def __init__(self, body: dict[str, Any], spec: RolloutPolicySpec, family: dict[str, Version], serving: Serving) -> None:
+    def __init__(self, body: dict[str, Any], spec: RolloutPolicySpec, family: dict[str, Version], serving: Serving,
+                 settle: float = 0.0) -> None:
+        """`settle`: how long a pass may wait, after moving traffic, for KServe to report the move
+        (or for an analysis that is due that soon), instead of leaving it to the next pass."""
         self.body = body
+        self.settle = settle
         self.spec = spec
         self.family = family
         self.serving = serving
@@ -191,6 +196,8 @@ class Pass:
             return Desired(stable=cand)
         if cand is not None and self.status.get("promoting"):
             return Desired(stable=cand)
+        if cand is not None and self.spec.strategy.type == "abTest":
+            return Desired(stable=stable)  # the candidate has its own service (`<service>-b`)
         if cand is not None:
             return Desired(stable=stable, candidate=cand, weight=int(self.status.get("canaryWeight") or 0))
         parked = self.adapter(self.status.get("parked")) if self.mode == "Knative" else None
@@ -214,6 +221,17 @@ class Pass:
             kubeapi.json_patch_kserve(self.ns, "inferenceservices", self.serving.service, ops)
             return observe({**isvc, "status": {}}, self.mode)  # what KServe reports is stale now
         return observe(isvc, self.mode)
+
+    def wait_for_service(self, reached: Callable[[Observed], bool]) -> Observed | None:
+        """Looks at the InferenceService again for up to `settle` seconds after a patch: what KServe
+        reports once `reached` holds, or None (the next pass looks again)."""
+        deadline = time.monotonic() + self.settle
+        while time.monotonic() < deadline:
+            time.sleep(min(0.25, max(deadline - time.monotonic(), 0)))
+            obs = observe(kubeapi.get_kserve(self.ns, "inferenceservices", self.serving.service), self.mode)
+            if reached(obs):
+                return obs
+        return None
 
     # -- the pass ------------------------------------------------------------------------------
 
@@ -277,20 +295,28 @@ class Pass:
             self.set(phase="Paused", message="Paused by spec.paused; set it to false (kubectl tunerag resume) to go on.")
             self.out.ready = ("False", "Paused", self.status["message"])
             return None
-        i = int(self.status.get("currentStep") or 0)
-        if i >= len(self.steps):
-            if self.spec.promotion == "Manual":
-                self.set(phase="Paused", message=f"All steps passed; waiting for a promote (kubectl tunerag promote {self.name}).")
-                self.out.ready = ("False", "AwaitingPromotion", self.status["message"])
-                return None
-            return self.promote(f"{cand} passed all {len(self.steps)} steps.")
-        step = self.steps[i]
-        self.out.ready = ("False", "Progressing", f"{cand}: step {i + 1}/{len(self.steps)} ({step.describe()}).")
-        if step.kind == "setWeight":
-            return self.set_weight(i, step.weight, obs)
-        if step.kind == "pause":
-            return self.pause(i, step.duration)
-        return self.analyse(i, step.metrics)
+        # Steps whose condition already holds are passed in the same pass (a step that is done
+        # does not wait a tick for the next one to start); each advance is in this pass's status.
+        for _ in range(len(self.steps) + 1):
+            i = int(self.status.get("currentStep") or 0)
+            if i >= len(self.steps):
+                if self.spec.promotion == "Manual":
+                    self.set(phase="Paused", message=f"All steps passed; waiting for a promote (kubectl tunerag promote {self.name}).")
+                    self.out.ready = ("False", "AwaitingPromotion", self.status["message"])
+                    return None
+                return self.promote(f"{cand} passed all {len(self.steps)} steps.")
+            step = self.steps[i]
+            self.out.ready = ("False", "Progressing", f"{cand}: step {i + 1}/{len(self.steps)} ({step.describe()}).")
+            if step.kind == "setWeight":
+                self.set_weight(i, step.weight, obs)
+            elif step.kind == "pause":
+                self.pause(i, step.duration)
+            else:
+                self.analyse(i, step.metrics)
+            if self.status.get("candidate") != cand or int(self.status.get("currentStep") or 0) == i:
+                return None  # waiting at this step, or rolled back
+            obs = observe(kubeapi.get_kserve(self.ns, "inferenceservices", self.serving.service), self.mode)
+        return None
 
     def advance(self, i: int, note: str) -> None:
         self.set(currentStep=i + 1, stepStartedAt=now(), phase="Progressing", message=note)
@@ -299,7 +325,10 @@ class Pass:
         if int(self.status.get("canaryWeight") or 0) != weight:
             self.set(canaryWeight=weight, stepStartedAt=now(), message=f"Shifting {weight}% to {self.status['candidate']}.")
             self.sync_service()
-            return
+            moved = self.wait_for_service(lambda o: o.candidate_weight == weight and o.ready)
+            if moved is None:
+                return
+            obs = moved
         if obs.candidate_weight == weight and obs.ready:
             self.event("TrafficShifted", f"{self.status['candidate']} takes {weight}% of traffic.")
             return self.advance(i, f"{self.status['candidate']} at {weight}%.")
@@ -317,7 +346,11 @@ class Pass:
             self.set(phase="Paused", message=f"Paused at step {i + 1} until resumed (kubectl tunerag resume {self.name}).")
             self.out.ready = ("False", "Paused", self.status["message"])
             return None
-        if _age(self.status.get("stepStartedAt")) >= duration:
+        remaining = duration - _age(self.status.get("stepStartedAt"))
+        if 0 < remaining <= self.settle:  # ends before the next pass: end it on time
+            time.sleep(remaining)
+            remaining = 0
+        if remaining <= 0:
             return self.advance(i, f"Pause of {duration:g}s done.")
         self.set(phase="Progressing", message=f"Pausing {duration:g}s at {self.status.get('canaryWeight', 0)}%.")
         return None
@@ -328,8 +361,11 @@ class Pass:
         interval = durations.seconds(a.interval)
         mine = [r for r in self.status.get("analysisRuns") or [] if r.get("candidate") == cand and r.get("step") == i]
         last = mine[-1]["time"] if mine else self.status.get("stepStartedAt")
-        if _age(last) < interval:
+        due_in = interval - _age(last)
+        if due_in > self.settle:
             return None
+        if due_in > 0:  # due before the next pass: measure on time rather than up to a tick late
+            time.sleep(due_in)
         subst = {"namespace": self.ns, "service": self.serving.service, "candidate": cand,
                  "stable": str(self.status.get("stable") or "")}
         m = analysis.measure(a, names, subst, interval)
@@ -363,14 +399,18 @@ class Pass:
         self.set(promoting=True, phase="Progressing", message=f"Promoting {self.status['candidate']}: {why}")
         self.sync_service()
         self.out.ready = ("False", "Promoting", self.status["message"])
+        if (served := self.wait_for_service(self.promoted)) is not None:
+            self.finish_promotion(served)
+
+    def promoted(self, obs: Observed) -> bool:
+        """The candidate serves alone. Standard: the canary is gone and the new predictor serves;
+        Knative: the latest revision (the candidate's) takes everything."""
+        return obs.ready and obs.latest_ready and (
+            obs.candidate_weight is None if self.mode == "Standard" else obs.candidate_weight == 100)
 
     def finish_promotion(self, obs: Observed) -> None:
         cand = str(self.status["candidate"])
-        # Standard: the canary is gone and the new predictor serves; Knative: the latest revision
-        # (the candidate's) takes everything.
-        settled = obs.ready and obs.latest_ready and (
-            obs.candidate_weight is None if self.mode == "Standard" else obs.candidate_weight == 100)
-        if not settled:
+        if not self.promoted(obs):
             if _age(self.status.get("stepStartedAt")) > durations.seconds(self.spec.analysis.progress_deadline) and self.status.get("stable"):
                 return self.rollback("ProgressDeadlineExceeded", f"{cand} was not serving all traffic within {self.spec.analysis.progress_deadline}.")
             self.out.ready = ("False", "Promoting", f"Waiting for KServe to serve {cand} alone.")

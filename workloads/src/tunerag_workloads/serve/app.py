@@ -189,8 +189,10 @@ def create_app(responder: Responder, *, drain_seconds: float = 10.0, openai_pref
     async def ready() -> JSONResponse:
         return JSONResponse({"ready": bool(app.state.ready)}, status_code=200 if app.state.ready else 503)
 
+    names = {config.service, *config.aliases}
+
     def model_status(name: str) -> dict[str, Any]:
-        if name != config.service:
+        if name not in names:
             raise ApiError(404, f"model {name} does not exist", "model_not_found")
         return {"name": name, "ready": bool(app.state.ready)}
 
@@ -199,7 +201,7 @@ def create_app(responder: Responder, *, drain_seconds: float = 10.0, openai_pref
 
     @app.post("/v1/models/{name}:predict")
     async def predict(name: str, request: Request) -> dict[str, Any]:
-        if name != config.service:
+        if name not in names:
             raise ApiError(404, f"model {name} does not exist; this server serves {config.service}", "model_not_found")
         body = await _body(request, PredictRequest)
         adapters = [responder.resolve(i.adapter) for i in body.instances]  # all known before any work

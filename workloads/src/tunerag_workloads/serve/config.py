@@ -66,6 +66,9 @@ class Generation(_Model):
 class ServeConfig(_Model):
     namespace: str = Field(min_length=1, max_length=63, description="Namespace: a metric label.")
     service: str = Field(min_length=1, max_length=63, description="The InferenceService: KServe model name, metric label.")
+    aliases: list[str] = Field(default_factory=list, max_length=8,
+                               description="Other model names answered as `service` is: an A/B test's second service "
+                                           "answers to the first one's name, which its clients send through the graph.")
     base_model: str = Field(pattern=BASE_URI, max_length=2048, description="Folder of the base model (transformers format).")
     # The contract spells it loadIn4bit; the RolloutPolicy CRD's generated camelCase is loadIn4Bit: both are read.
     load_in_4bit: bool = Field(default=False, validation_alias=AliasChoices("loadIn4bit", "loadIn4Bit", "load_in_4bit"),

@@ -54,8 +54,9 @@ class Responder:
 
     @property
     def models(self) -> list[str]:
-        """What `model` may name: the service (its default adapter), each adapter, the base model."""
-        return list(dict.fromkeys([self.config.service, *self.engine.adapters, BASE]))
+        """What `model` may name: the service and its aliases (its default adapter), each adapter, the
+        base model."""
+        return list(dict.fromkeys([self.config.service, *self.config.aliases, *self.engine.adapters, BASE]))
 
     def resolve(self, model: str | None) -> str:
         """The adapter version a request's `model` selects (None: the default)."""
@@ -63,7 +64,7 @@ class Responder:
             return self.config.default_adapter
         if model in self.engine.adapters or model == BASE:
             return model
-        if model == self.config.service:
+        if model == self.config.service or model in self.config.aliases:
             return self.config.default_adapter
         raise UnknownModel(f"the model {model!r} does not exist; this server has: {', '.join(self.models)}")
 
