@@ -39,12 +39,12 @@ def address_problem(address: str, allowed: tuple[str, ...]) -> str | None:
         return "is not an http(s) URL with a host"
     if parts.username is not None or parts.password is not None:
         return "must not carry credentials"
-    if allowed and not any(_within(parts, urllib.parse.urlsplit(entry)) for entry in allowed):
-        return (f"is outside the operator's allow-list ({', '.join(allowed)}); ask the platform team to add it "
-                "(chart value analysis.prometheusAllowList)")
     for ip in _resolve(parts.hostname):
         if ip.is_link_local:
             return f"resolves to {ip}, a link-local address (cloud metadata endpoints live there)"
+    if allowed and not any(_within(parts, urllib.parse.urlsplit(entry)) for entry in allowed):
+        return (f"is outside the operator's allow-list ({', '.join(allowed)}); ask the platform team to add it "
+                "(chart value analysis.prometheusAllowList)")
     return None
 
 
