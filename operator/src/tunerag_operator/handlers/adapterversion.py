@@ -9,8 +9,8 @@ import kopf
 
 from tunerag_operator import events, kubeapi, references
 from tunerag_operator.api.adapterversion import AdapterVersionSpec
-from tunerag_operator.api.common import PodResources
-from tunerag_operator.api.kinds import ADAPTERVERSION
+from tunerag_operator.api.common import GROUP, VERSION, PodResources
+from tunerag_operator.api.kinds import ADAPTERVERSION, ROLLOUTPOLICY
 from tunerag_operator.conditions import set_condition
 from tunerag_operator.config import OperatorConfig
 from tunerag_operator.handlers import runs
@@ -77,3 +77,29 @@ def observe_run(namespace: str, name: str, job_name: str, state: RunState) -> No
 
 
 register(ADAPTERVERSION, check, initial_phase="Pending", act=decide)
+
+
+def serving_policies(namespace: str, name: str) -> list[str]:
+    """The RolloutPolicies of the namespace that serve the version now: as their stable version,
+    or as the candidate of a rollout in progress."""
+    return sorted(p["metadata"]["name"] for p in kubeapi.list_custom(namespace, ROLLOUTPOLICY.plural, "")
+                  if name in ((p.get("status") or {}).get("stable"), (p.get("status") or {}).get("candidate")))
+
+
+@kopf.on.delete(GROUP, VERSION, ADAPTERVERSION.plural, id="in-use", retries=None)
+def guard_deletion(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    """A version that a RolloutPolicy serves is not deleted while it does (as a PVC in use is not):
+    the finalizer stays, Ready says which policy serves it, and it goes once none does (a newer
+    version promoted, or the policy deleted). Its artifact is never deleted by the operator."""
+    namespace, name = body.meta["namespace"], body.meta["name"]
+    users = serving_policies(namespace, name)
+    if not users:
+        return
+    message = (f"{name} is being deleted but RolloutPolicy {', '.join(users)} serves it; it is deleted once no policy "
+               "does (promote another version, or delete the policy).")
+    before = body.status.get("conditions") or []
+    conds = set_condition(before, "Ready", "False", "DeletionBlocked", message, body.meta.get("generation"))
+    if conds != before:
+        patch.status["conditions"] = conds
+        kopf.warn(body, reason="DeletionBlocked", message=message)
+    raise kopf.TemporaryError(message, delay=10)
