@@ -50,7 +50,9 @@ NAMESPACED_RULES: dict[tuple[str, str], tuple[str, ...]] = {
     ("serving.kserve.io", "inferenceservices"): ("get", "create", "patch", "delete"),
     ("serving.kserve.io", "inferencegraphs"): ("get", "create", "patch", "delete"),
 }
-LEADER_ELECTION_RULES = {("coordination.k8s.io", "leases"): ("get", "create", "update")}
+PEERING_VERBS = ("get", "list", "watch", "patch", "create")
+CLUSTER_PEERING_RULES = {("kopf.dev", "clusterkopfpeerings"): PEERING_VERBS}
+NAMESPACED_PEERING_RULES = {("kopf.dev", "kopfpeerings"): PEERING_VERBS}
 CRD_RULES = {("apiextensions.k8s.io", "customresourcedefinitions"): ("list", "watch")}
 CLUSTERWIDE_ONLY_RULES: dict[tuple[str, str], tuple[str, ...]] = {}
 
@@ -177,9 +179,17 @@ def test_deployment_defaults(helm: Helm) -> None:
     assert svc["spec"]["selector"] == deploy["spec"]["selector"]["matchLabels"]
     assert not by_kind(docs, "ServiceMonitor")
     assert {d["metadata"]["name"] for d in by_kind(docs, "CustomResourceDefinition")} == {
-        f"{k}.tunerag.dev" for k in TUNERAG_KINDS
-    }
+        f"{k}.tunerag.dev" for k in TUNERAG_KINDS} | {"clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
     assert not by_kind(helm.render("--set", "crds.install=false"), "CustomResourceDefinition")
+    # Peering is on: one active replica (tests/faults/test_two_replicas.py); its record names the pod.
+    assert env["TUNERAG_PEERING"] == deploy["metadata"]["name"] and env["TUNERAG_PEERING_LIFETIME"] == "30"
+    assert {"name": "POD_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in container["env"]
+    only_ours = helm.render("--set", "peering.installCRDs=false")
+    assert {d["metadata"]["name"] for d in by_kind(only_ours, "CustomResourceDefinition")} == {f"{k}.tunerag.dev" for k in TUNERAG_KINDS}
+    standalone = helm.render("--set", "peering.enabled=false")
+    (deploy,) = by_kind(standalone, "Deployment")
+    assert "TUNERAG_PEERING" not in {e["name"] for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert not any(r["apiGroups"] == ["kopf.dev"] for role in by_kind(standalone, "ClusterRole") for r in role["rules"])
 
 
 def test_namespaced_mode_and_servicemonitor(helm: Helm) -> None:
@@ -207,7 +217,7 @@ def test_rbac_clusterwide_grants_exactly_the_table(helm: Helm) -> None:
     docs = helm.render(namespace="ops")
     (role,) = by_kind(docs, "ClusterRole")
     assert not by_kind(docs, "Role") and not by_kind(docs, "RoleBinding")
-    expected = grants({**NAMESPACED_RULES, **LEADER_ELECTION_RULES, **CRD_RULES, **CLUSTERWIDE_ONLY_RULES})
+    expected = grants({**NAMESPACED_RULES, **CLUSTER_PEERING_RULES, **CRD_RULES, **CLUSTERWIDE_ONLY_RULES})
     actual = rule_grants(role["rules"])
     assert actual == expected, f"added: {sorted(actual - expected)}, removed: {sorted(expected - actual)}"
     (binding,) = by_kind(docs, "ClusterRoleBinding")
@@ -223,10 +233,9 @@ def test_rbac_namespaced_grants_exactly_the_table(helm: Helm) -> None:
     assert rule_grants(cluster_role["rules"]) == grants(CRD_RULES)
     roles = {(r["metadata"]["namespace"], r["metadata"]["name"]): r for r in by_kind(docs, "Role")}
     fullname = cluster_role["metadata"]["name"]
-    assert set(roles) == {("team-a", fullname), ("team-b", fullname), ("ops", f"{fullname}-leader-election")}
+    assert set(roles) == {("team-a", fullname), ("team-b", fullname)}
     for ns in ("team-a", "team-b"):
-        assert rule_grants(roles[ns, fullname]["rules"]) == grants(NAMESPACED_RULES)
-    assert rule_grants(roles["ops", f"{fullname}-leader-election"]["rules"]) == grants(LEADER_ELECTION_RULES)
+        assert rule_grants(roles[ns, fullname]["rules"]) == grants({**NAMESPACED_RULES, **NAMESPACED_PEERING_RULES})
     bindings = {(b["metadata"]["namespace"], b["metadata"]["name"]): b for b in by_kind(docs, "RoleBinding")}
     assert set(bindings) == set(roles)
     for key, binding in bindings.items():

@@ -51,8 +51,8 @@ FINALIZERS = "where OwnerReferencesPermissionEnforcement is on (not on this API 
 SCHEDULE = "a FineTuneSchedule (none in this run) starts and prunes FineTuneJobs and their ConfigMaps, reads its policy"
 AB_TEST = "an A/B test (tests/e2e/test_rollout.py, without RBAC) creates, reads and deletes its graph and second service"
 UNUSED: dict[Grant, str] = {
-    **{("coordination.k8s.io", "leases", v): "leader election for several replicas (planned; kopf runs standalone)"
-       for v in ("get", "create", "update")},
+    **{("kopf.dev", "clusterkopfpeerings", v): "peering of several replicas; this operator runs standalone "
+       "(tests/faults/test_two_replicas.py runs two)" for v in ("get", "list", "watch", "patch", "create")},
     **{("tunerag.dev", f"{k}/finalizers", "update"): FINALIZERS
        for k in ("finetunejobs", "adapterversions", "vectorindexes", "rolloutpolicies", "finetuneschedules")},
     ("tunerag.dev", "finetunejobs", "create"): SCHEDULE,

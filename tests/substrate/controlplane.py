@@ -136,6 +136,17 @@ class ControlPlane:
     def _start_apiserver(self, bin_dir: Path) -> None:
         self._spawn("kube-apiserver", self.apiserver_args(bin_dir))
 
+    def restart_apiserver(self, down: float = 0.0, timeout: float = 120.0) -> None:
+        """Kills kube-apiserver (SIGKILL: every watch and request is cut), waits `down` seconds and
+        starts it again on the same port, over the same etcd (nothing stored is lost)."""
+        (proc,) = [p for p in self._procs if Path(str(p.args[0])).name == "kube-apiserver"]  # type: ignore[index]
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        self._procs.remove(proc)
+        time.sleep(down)
+        self._start_apiserver(self.bin_dir or build_binaries())
+        self.wait_ready(timeout)
+
     def _write_kubeconfig(self) -> None:
         cfg = kubeconfig_dict(
             self.url, self.pki.ca_cert,

@@ -143,11 +143,14 @@ the same table and fails when one changes without the other.
 {{/*
 Leader election, in the ClusterRole (cluster-wide) or a Role in the release namespace (namespaced).
 */}}
-{{- define "tunerag.leaderElectionRules" -}}
-# Leader election: the Lease that keeps a single active operator.
-- apiGroups: ["coordination.k8s.io"]
-  resources: ["leases"]
-  verbs: ["get", "create", "update"]
+{{- define "tunerag.peeringRules" -}}
+# kopf peering (peering.enabled): the replicas' records in the peering object, which the operator
+# creates at start-up if missing; the active replica is the one with the highest priority.
+{{- if .Values.peering.enabled }}
+- apiGroups: ["kopf.dev"]
+  resources: [{{ if .Values.watchNamespaces }}"kopfpeerings"{{ else }}"clusterkopfpeerings"{{ end }}]
+  verbs: ["get", "list", "watch", "patch", "create"]
+{{- end }}
 {{- end }}
 
 {{/*

@@ -17,6 +17,8 @@ class OperatorConfig:
     verbose: bool
     retry_delay: float = 15.0
     prometheus_allow: tuple[str, ...] = ()  # Prometheus base URLs analyses may query; empty: any (not link-local)
+    peering: str = ""  # kopf peering object name; empty runs standalone (one replica)
+    peering_lifetime: int = 30
 
     @classmethod
     def defaults(cls) -> OperatorConfig:
@@ -44,10 +46,16 @@ def parse(argv: list[str] | None = None) -> OperatorConfig:
     p.add_argument("--prometheus-allow", default=env.get("TUNERAG_PROMETHEUS_ALLOW", ""),
                    help="comma-separated Prometheus base URLs that analyses may query (http://host admits any "
                         "port); empty admits any address that is not link-local")
+    p.add_argument("--peering", default=env.get("TUNERAG_PEERING", ""),
+                   help="name of the kopf peering object shared by the replicas: the oldest replica reconciles, "
+                        "the others wait and take over when it stops; empty runs standalone (one replica)")
+    p.add_argument("--peering-lifetime", type=int, default=int(env.get("TUNERAG_PEERING_LIFETIME", "30")),
+                   help="seconds a replica's peering record stays valid; a standby takes over at most this long "
+                        "after the active replica died")
     p.add_argument("--verbose", action="store_true", default=env.get("TUNERAG_VERBOSE") == "1")
     a = p.parse_args(argv)
     namespaces = tuple(n.strip() for n in a.namespaces.split(",") if n.strip())
     return OperatorConfig(
         namespaces, a.health_port, a.metrics_port, a.workloads_image, a.log_format, a.verbose, a.retry_delay,
-        tuple(u.strip() for u in a.prometheus_allow.split(",") if u.strip()),
+        tuple(u.strip() for u in a.prometheus_allow.split(",") if u.strip()), a.peering.strip(), a.peering_lifetime,
     )

@@ -6,11 +6,16 @@ import logging
 from typing import Any
 
 import kopf
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
+from tunerag_operator import kubeapi
 from tunerag_operator.api.common import GROUP
+from tunerag_operator.config import OperatorConfig
 
 FINALIZER = f"{GROUP}/finalizer"
 WORKERS = 32
+PEERING_GROUP = "kopf.dev"
 
 
 def configure(settings: kopf.OperatorSettings) -> None:
@@ -33,10 +38,35 @@ def configure(settings: kopf.OperatorSettings) -> None:
     # Handlers are synchronous and wait on the API server, not the CPU: a larger pool keeps a burst
     # of creations from queueing behind a few threads (tests/benchmarks/operator_load.py).
     settings.execution.max_workers = WORKERS
-    # Single active operator per cluster by default; the chart runs one replica.
-    settings.peering.standalone = True
+
+
+def configure_peering(settings: kopf.OperatorSettings, cfg: OperatorConfig) -> None:
+    """Several replicas (chart replicaCount > 1): kopf peering keeps one active. Each replica
+    keeps its record in the peering object fresh; the others pause (timers stopped, events not
+    handled) while a live peer of higher priority is there, and resume once its record is older
+    than `lifetime` seconds. The peering object is created here if missing (before kopf's
+    peering starts), so a Helm install needs no custom resource of a CRD it installs itself."""
+    settings.peering.lifetime = cfg.peering_lifetime
+    settings.peering.stealth = True  # keep-alives are not logged; pauses and resumes are
+    custom = client.CustomObjectsApi(kubeapi.api_client())
+    body = {"apiVersion": f"{PEERING_GROUP}/v1", "metadata": {"name": cfg.peering}}
+    try:
+        if cfg.clusterwide:
+            custom.create_cluster_custom_object(PEERING_GROUP, "v1", "clusterkopfpeerings", {**body, "kind": "ClusterKopfPeering"})
+        for namespace in cfg.namespaces:
+            try:
+                custom.create_namespaced_custom_object(PEERING_GROUP, "v1", namespace, "kopfpeerings", {**body, "kind": "KopfPeering"})
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
 
 
 @kopf.on.startup()
-def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     configure(settings)
+    cfg = memo.get("config") or OperatorConfig.defaults()
+    if cfg.peering:
+        configure_peering(settings, cfg)
