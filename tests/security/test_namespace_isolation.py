@@ -14,6 +14,7 @@ from kubernetes import client
 from security.conftest import condition, create, get, jobs, pvc, secret, vectorindex_spec, wait_condition
 from substrate import kube
 from substrate.operatorproc import OperatorProcess
+from tunerag_operator.api.common import DNS_SUBDOMAIN
 
 SCHEMAS = {d["spec"]["names"]["kind"]: d["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
            for d in kube.crd_documents(include_kserve=False)}
@@ -53,7 +54,7 @@ def test_the_api_has_no_cross_namespace_reference(kind: str) -> None:
         if props and props <= {"name", "key"} and "name" in props:
             found.add(path)
             assert "same namespace" in sub["properties"]["name"]["description"], path
-            assert sub["properties"]["name"]["pattern"] == "^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", path  # no "ns/name"
+            assert sub["properties"]["name"]["pattern"] == DNS_SUBDOMAIN, path  # no "ns/name"
         elif sub.get("type") == "string" and "same namespace" in sub.get("description", "") \
                 and path.rsplit(".", 1)[0] not in found:
             found.add(path)

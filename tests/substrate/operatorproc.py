@@ -27,7 +27,8 @@ class OperatorProcess:
     metrics_port: int = 0
     proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 60) -> None:
+    def start(self, timeout: float = 60, wait: bool = True) -> None:
+        """Starts the operator; with `wait`, returns once /healthz answers."""
         self.health_port = self.health_port or free_port()
         self.metrics_port = self.metrics_port or free_port()
         env = {
@@ -45,7 +46,8 @@ class OperatorProcess:
             [sys.executable, "-m", "tunerag_operator"], env=env, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        self.wait_healthy(timeout)
+        if wait:
+            self.wait_healthy(timeout)
 
     @property
     def metrics_url(self) -> str:
