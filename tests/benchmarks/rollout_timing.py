@@ -82,9 +82,10 @@ class Timeline:
         raise LookupError(f"never seen: {what}")
 
     def step(self, since: float, candidate: str, i: int) -> float:
-        """When `candidate` was first seen at step `i` or later (a poll may miss a short step)."""
-        return self.first(since, f"{candidate} at step {i}", lambda s: s["candidate"] == candidate and (
-            (s["currentStep"] or 0) >= i or bool(s["promoting"])))
+        """When `candidate` was first seen at step `i` or later (a poll may miss a short step, and a
+        pass may go through several steps, up to the promotion)."""
+        return self.first(since, f"{candidate} at step {i}", lambda s: (s["candidate"] == candidate and (
+            (s["currentStep"] or 0) >= i or bool(s["promoting"]))) or s["stable"] == candidate)
 
 
 def policy(args: argparse.Namespace, prometheus: Prometheus, weights: list[int]) -> dict[str, Any]:
@@ -187,7 +188,7 @@ def main() -> int:
         done = timeline.wait(lambda s: s.get("stable") == v2 and s.get("phase") == "Promoted", 900, "v2 promoted")
         t_start = timeline.first(t_reg, "v2's rollout", lambda s: s["candidate"] == v2)
         marks = [timeline.step(t_reg, v2, i) for i in range(1, 2 * n + 2)]
-        t_promoting = timeline.first(t_reg, "v2 promoting", lambda s: s["candidate"] == v2 and s["promoting"])
+        t_promoting = timeline.first(t_reg, "v2 promoting", lambda s: (s["candidate"] == v2 and s["promoting"]) or s["stable"] == v2)
         t_done = timeline.first(t_reg, "v2 promoted", lambda s: s["stable"] == v2 and s["phase"] == "Promoted")
         promote_traffic = (dict(traffic.by_version), len(traffic.failures))
         v2_runs = runs_of(done, v2)
