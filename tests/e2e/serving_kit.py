@@ -8,8 +8,6 @@ import json
 import shutil
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +15,7 @@ from typing import Any
 
 from kubernetes import client
 
+from substrate.httpjson import post
 from tunerag_operator.api.common import GROUP, VERSION
 from tunerag_workloads.finetune.publish import build_manifest
 from workloads.finetune_fixtures import cached_model
@@ -66,20 +65,6 @@ def get(api: client.ApiClient, namespace: str, plural: str, name: str) -> dict[s
 
 def av_phase(api: client.ApiClient, namespace: str, name: str) -> str | None:
     return (get(api, namespace, "adapterversions", name).get("status") or {}).get("phase")
-
-
-def post(url: str, body: dict[str, Any], timeout: float = 30) -> tuple[int, dict[str, Any]]:
-    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        try:
-            return exc.code, json.loads(exc.read() or b"{}")
-        except ValueError:
-            return exc.code, {}
-    except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-        return 0, {"error": str(exc)}
 
 
 def ask(url: str, prompt: str, model: str = "qa") -> tuple[int, dict[str, Any]]:

@@ -37,8 +37,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -50,6 +48,7 @@ from kubernetes import client, config
 from substrate import kube
 from substrate.controlplane import ControlPlane
 from substrate.fixtures import runner_env
+from substrate.httpjson import post
 from substrate.jobrunner import JobRunner
 from substrate.kserve import KServeController
 from substrate.operatorproc import OperatorProcess
@@ -107,20 +106,6 @@ class Stage:
 def kubectl(cp: ControlPlane, *args: str) -> str:
     out = subprocess.run(["kubectl", "--kubeconfig", str(cp.kubeconfig), *args], check=True, capture_output=True, text=True)
     return out.stdout
-
-
-def post(url: str, body: dict[str, Any], timeout: float = 60) -> tuple[int, dict[str, Any]]:
-    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        try:
-            return exc.code, json.loads(exc.read() or b"{}")
-        except ValueError:
-            return exc.code, {}
-    except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-        return 0, {"error": str(exc)}
 
 
 def manifest(name: str, values: dict[str, str]) -> list[dict[str, Any]]:
@@ -244,7 +229,7 @@ class Traffic(threading.Thread):
         while not self._halt.is_set():
             question = self._questions[i % len(self._questions)]
             i += 1
-            code, body = post(f"{self.url}/v1/completions", {"model": SERVICE, "prompt": question, "max_tokens": MAX_TOKENS})
+            code, body = post(f"{self.url}/v1/completions", {"model": SERVICE, "prompt": question, "max_tokens": MAX_TOKENS}, timeout=60)
             if code == 200:
                 self.by_version[(body.get("tunerag") or {}).get("adapterVersion", "?")] += 1
             else:
@@ -485,7 +470,7 @@ def ask(url: str, db_uri: str, values: dict[str, str]) -> dict[str, Any]:
     body = {"model": SERVICE, "prompt": QUESTION, "max_tokens": MAX_TOKENS}
     print(f"    $ curl -s {url}/v1/completions -H 'Content-Type: application/json' \\\n"
           f"        -d '{json.dumps(body)}'", flush=True)
-    code, answer = post(f"{url}/v1/completions", body)
+    code, answer = post(f"{url}/v1/completions", body, timeout=60)
     if code != 200:
         raise Failed(f"the InferenceService answered {code}: {json.dumps(answer)[:500]}")
     prov = answer.get("tunerag") or {}
