@@ -97,7 +97,7 @@ def test_pipelines_converge_when_the_operator_is_killed_at_random_points(
     index = vectorindex_spec()
     index["store"]["deletionPolicy"] = "Delete"
     training = ff.base_spec(ff.cached_model(), tmp_path / "data", tmp_path / "artifacts",
-                            training={"maxSteps": 8, "checkpointInterval": 2})
+                            training={"maxSteps": 24, "checkpointInterval": 4})
     training["gates"] = {"maxRetentionRegression": 10.0}
 
     with Killer(operator, seed) as killer:
@@ -146,5 +146,6 @@ def test_pipelines_converge_when_the_operator_is_killed_at_random_points(
         left = conn.execute("SELECT relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
                             "WHERE n.nspname = 'public' AND relname LIKE 'handbook%'").fetchall()
     assert not left, f"tables left behind: {left} {replay}"
-    assert kills_while_running >= 8, f"only {kills_while_running} kills while the pipelines ran {replay}"
+    # A guard on the test itself (each life lasts a few seconds: start-up, then 0.1 to 2.5 s).
+    assert kills_while_running >= 4 and killer.kills >= 6, f"only {killer.kills} kills ({kills_while_running} while the pipelines ran) {replay}"
     print(f"operator killed {killer.kills} times ({kills_while_running} while the pipelines ran), seed {seed}")

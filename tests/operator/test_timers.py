@@ -2,17 +2,24 @@
 
 Before `owns_status`, kopf applied the timer's patch itself, outside any error handling: one
 refused write (here, an A/B test's status without a required field) ended the policy's timer for
-good, silently. These tests use the real API server and CRDs; the end-to-end A/B test in
+good, silently. These tests use a real API server and the CRDs, on a control plane of their own: the
+session's operator would write the same statuses. The end-to-end A/B test in
 tests/e2e/test_rollout.py is the scenario that stalled."""
 
 from __future__ import annotations
 
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import kopf
 import pytest
-from kubernetes import client
+from kubernetes import client, config
 
+from substrate import kube
+from substrate.controlplane import ControlPlane
 from tunerag_operator import kubeapi
 from tunerag_operator.api.common import GROUP, VERSION
 from tunerag_operator.api.kinds import ROLLOUTPOLICY
@@ -30,6 +37,26 @@ def _policy(api: client.ApiClient, namespace: str) -> dict[str, Any]:
 def _status(api: client.ApiClient, namespace: str) -> dict[str, Any]:
     obj = client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, namespace, ROLLOUTPOLICY.plural, "qa")
     return obj.get("status") or {}  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    bin_dir = os.environ.get("TUNERAG_CONTROLPLANE_BIN")
+    with ControlPlane(tmp_path_factory.mktemp("timers"), bin_dir=Path(bin_dir) if bin_dir else None) as plane:
+        kube.install_crds(config.new_client_from_config(str(plane.kubeconfig)), kube.crd_documents(include_kserve=False))
+        yield plane
+
+
+@pytest.fixture
+def api(plane: ControlPlane) -> client.ApiClient:
+    return config.new_client_from_config(str(plane.kubeconfig))
+
+
+@pytest.fixture
+def namespace(api: client.ApiClient) -> str:
+    name = f"t-timers-{uuid.uuid4().hex[:5]}"
+    kube.create_namespace(api, name)
+    return name
 
 
 @pytest.fixture

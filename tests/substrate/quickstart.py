@@ -391,8 +391,11 @@ class MainJob:
                 self.show("isvc", describe("InferenceService", isvc))
             self.check(vis, ftjs, avs, policy)
             s = status_of(policy)
-            if s.get("candidate") and s.get("canaryWeight") and (not self.weights or self.weights[-1] != s["canaryWeight"]):
-                self.weights.append(int(s["canaryWeight"]))
+            weight = int(s.get("canaryWeight") or 0) if s.get("candidate") else None
+            if self.weights and s.get("phase") == "Promoted" and self.weights[-1] != 100:
+                weight = 100  # the last shift and the promotion can land in one status write
+            if weight and (not self.weights or self.weights[-1] != weight):
+                self.weights.append(weight)
                 if self.traffic is not None:
                     print(f"    background client so far: {self.traffic.summary()}", flush=True)
 

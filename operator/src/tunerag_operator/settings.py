@@ -50,18 +50,19 @@ def configure_peering(settings: kopf.OperatorSettings, cfg: OperatorConfig) -> N
     settings.peering.stealth = True  # keep-alives are not logged; pauses and resumes are
     custom = client.CustomObjectsApi(kubeapi.api_client())
     body = {"apiVersion": f"{PEERING_GROUP}/v1", "metadata": {"name": cfg.peering}}
-    try:
-        if cfg.clusterwide:
-            custom.create_cluster_custom_object(PEERING_GROUP, "v1", "clusterkopfpeerings", {**body, "kind": "ClusterKopfPeering"})
-        for namespace in cfg.namespaces:
-            try:
+    for namespace in [None] if cfg.clusterwide else list(cfg.namespaces):
+        try:
+            if namespace is None:
+                custom.create_cluster_custom_object(PEERING_GROUP, "v1", "clusterkopfpeerings", {**body, "kind": "ClusterKopfPeering"})
+            else:
                 custom.create_namespaced_custom_object(PEERING_GROUP, "v1", namespace, "kopfpeerings", {**body, "kind": "KopfPeering"})
-            except ApiException as exc:
-                if exc.status != 409:
-                    raise
-    except ApiException as exc:
-        if exc.status != 409:
-            raise
+        except ApiException as exc:
+            if exc.status == 404:
+                raise kopf.PermanentError(
+                    "peering is on (TUNERAG_PEERING) but kopf's peering CRDs (kopf.dev) are not installed: install "
+                    "them (chart value peering.installCRDs=true) or run one replica with peering.enabled=false") from None
+            if exc.status != 409:  # 409: it exists already
+                raise
 
 
 @kopf.on.startup()
