@@ -58,10 +58,18 @@ def get_custom(namespace: str, plural: str, name: str) -> dict[str, Any] | None:
     return _get(api.get_namespaced_custom_object, GROUP, VERSION, namespace, plural, name)
 
 
+def api_message(exc: ApiException) -> str:
+    """The API server's own message in an error answer (its Status `message`), else the body."""
+    try:
+        return str(json.loads(exc.body)["message"])
+    except (TypeError, ValueError, KeyError):
+        return str(exc.body or f"{exc.status} {exc.reason}")
+
+
 class Refused(Exception):
     """The API server refused an object the operator rendered from a spec (422 Invalid, or 400 when
-    it cannot even decode it): a value admission let through that the object's own validation
-    does not (a nodeSelector key, a memory quantity `16K`)."""
+    it cannot even decode it): admission checks the spec as the pod would, so this is a policy of
+    the cluster's own (a ValidatingAdmissionPolicy, a webhook) refusing the object."""
 
 
 def create_if_absent(body: dict[str, Any]) -> bool:
@@ -78,11 +86,7 @@ def create_if_absent(body: dict[str, Any]) -> bool:
         if exc.status == 409:
             return False
         if exc.status in (400, 422):
-            try:
-                message = str(json.loads(exc.body)["message"])
-            except (TypeError, ValueError, KeyError):
-                message = str(exc.body)
-            raise Refused(message[:2000]) from None
+            raise Refused(api_message(exc)[:2000]) from None
         raise
     return True
 
@@ -180,11 +184,7 @@ def create_custom(namespace: str, plural: str, body: dict[str, Any]) -> bool:
         if exc.status == 409:
             return False
         if exc.status in (400, 422):
-            try:
-                message = str(json.loads(exc.body)["message"])
-            except (TypeError, ValueError, KeyError):
-                message = str(exc.body)
-            raise Refused(message[:2000]) from None
+            raise Refused(api_message(exc)[:2000]) from None
         raise
     return True
 

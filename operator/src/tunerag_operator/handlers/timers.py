@@ -52,7 +52,7 @@ def write_status(kind: Kind, body: kopf.Body, status: dict[str, Any]) -> None:
     except ApiException as exc:
         if exc.status == 404:
             return
-        detail = _message(exc)
+        detail = kubeapi.api_message(exc)
     except (ValueError, TypeError) as exc:  # not serialisable: a bug on our side
         detail = str(exc)
     log.error("%s %s/%s: the API server refused the status write: %s; status: %s", kind.kind, namespace, name, detail,
@@ -64,7 +64,7 @@ def write_status(kind: Kind, body: kopf.Body, status: dict[str, Any]) -> None:
     try:
         kubeapi.patch_status(namespace, kind.plural, name, {"conditions": conds})
     except ApiException as exc:
-        log.error("%s %s/%s: could not report the refused status write either: %s", kind.kind, namespace, name, _message(exc))
+        log.error("%s %s/%s: could not report the refused status write either: %s", kind.kind, namespace, name, kubeapi.api_message(exc))
 
 
 def owns_status(kind: Kind) -> Callable[[Handler], Handler]:
@@ -85,9 +85,3 @@ def owns_status(kind: Kind) -> Callable[[Handler], Handler]:
 
     return decorate
 
-
-def _message(exc: ApiException) -> str:
-    try:
-        return str(json.loads(exc.body)["message"])
-    except (TypeError, ValueError, KeyError):
-        return f"{exc.status} {exc.reason}"

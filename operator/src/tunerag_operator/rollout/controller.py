@@ -222,13 +222,17 @@ class Pass:
             return observe({**isvc, "status": {}}, self.mode)  # what KServe reports is stale now
         return observe(isvc, self.mode)
 
+    def observed(self) -> Observed:
+        """What KServe reports about the InferenceService now."""
+        return observe(kubeapi.get_kserve(self.ns, "inferenceservices", self.serving.service), self.mode)
+
     def wait_for_service(self, reached: Callable[[Observed], bool]) -> Observed | None:
         """Looks at the InferenceService again for up to `settle` seconds after a patch: what KServe
         reports once `reached` holds, or None (the next pass looks again)."""
         deadline = time.monotonic() + self.settle
         while time.monotonic() < deadline:
             time.sleep(min(0.25, max(deadline - time.monotonic(), 0)))
-            obs = observe(kubeapi.get_kserve(self.ns, "inferenceservices", self.serving.service), self.mode)
+            obs = self.observed()
             if reached(obs):
                 return obs
         return None
@@ -315,7 +319,7 @@ class Pass:
                 self.analyse(i, step.metrics)
             if self.status.get("candidate") != cand or int(self.status.get("currentStep") or 0) == i:
                 return None  # waiting at this step, or rolled back
-            obs = observe(kubeapi.get_kserve(self.ns, "inferenceservices", self.serving.service), self.mode)
+            obs = self.observed()
         return None
 
     def advance(self, i: int, note: str) -> None:
