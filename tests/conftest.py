@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -59,9 +58,10 @@ def kserve_crds(api: client.ApiClient) -> None:
 @pytest.fixture
 def namespace(api: client.ApiClient, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace for one test."""
-    name = f"t-{request.node.name[:40].lower().replace('_', '-').strip('-')}-{uuid.uuid4().hex[:5]}"
-    name = "".join(c for c in name if c.isalnum() or c == "-")
-    kube.create_namespace(api, name)
+    prefix = f"t-{request.node.name[:40].lower().replace('_', '-').strip('-')}"
+    name = kube.generate_namespace(api, "".join(c for c in prefix if c.isalnum() or c == "-") + "-")
     yield name
     kube.delete_namespace(api, name)
+
+
 pytest_plugins = ["substrate.fixtures"]

@@ -82,6 +82,14 @@ def create_namespace(api: client.ApiClient, name: str, labels: dict[str, str] | 
     client.CoreV1Api(api).create_namespace({"metadata": {"name": name, "labels": labels or {}}})
 
 
+def generate_namespace(api: client.ApiClient, prefix: str) -> str:
+    """Creates a namespace named by the API server from `prefix` and returns its name. The server
+    picks a suffix that is free, Terminating namespaces included (it retries a taken name), so two
+    tests never meet in one namespace however many share a prefix."""
+    created = client.CoreV1Api(api).create_namespace({"metadata": {"generateName": prefix}})
+    return str(created.metadata.name)
+
+
 def delete_namespace(api: client.ApiClient, name: str) -> None:
     """Starts the namespace's deletion. No namespace controller runs here, so the Namespace stays
     Terminating and its objects stay in etcd until the control plane stops; tests use a fresh
