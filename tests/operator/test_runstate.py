@@ -49,3 +49,15 @@ def test_progress_is_the_last_record() -> None:
     log = 'x\nTUNERAG_PROGRESS {"step": 1}\nnoise\nTUNERAG_PROGRESS {"step": 2, "loss": 0.5}\nTUNERAG_PROGRESS {broken\n'
     assert parse_progress(log) == {"step": 2, "loss": 0.5}
     assert parse_progress("nothing") is None
+
+
+def test_a_retried_attempt_says_why_it_failed() -> None:
+    lost = json.dumps({"ok": False, "reason": "DatabaseConnectionLost", "message": "terminating connection", "retryable": True})
+    state = interpret(_job(active=1, failed=1), [_pod("t0", 3, lost, "t1")])
+    assert (state.phase, state.reason) == ("Running", "DatabaseConnectionLost")
+    assert state.message == "Retrying (1 attempt failed, the Job retries with back-off): terminating connection"
+    assert interpret(_job(failed=2), [_pod("t0", 3, lost, "t1"), _pod("t2", 3, lost, "t3")]).message.startswith("Retrying (2 attempts")
+    # a user error decided by the podFailurePolicy, before the Failed condition: not a retry
+    msg = json.dumps({"ok": False, "reason": "InsufficientData", "message": "3 rows kept"})
+    failing = _job(failed=1, conditions=[{"type": "FailureTarget", "status": "True", "reason": "PodFailurePolicy"}])
+    assert (interpret(failing, [_pod("t0", 2, msg, "t1")]).phase, interpret(failing, [_pod("t0", 2, msg, "t1")]).reason) == ("Failed", "InsufficientData")

@@ -17,6 +17,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from tunerag_workloads.contract import WorkloadError
 from tunerag_workloads.index import run_index
 
 
@@ -79,3 +80,37 @@ def test_killed_run_is_finished_by_the_next_run(tmp_path: Path, pg_database: str
         postgres.drop_database(reference_db)
     assert len(got) == len(set(got)) == resumed["chunks"]  # no duplicate
     assert got == expected and reference["chunks"] == resumed["chunks"]  # nothing missing
+
+
+def test_database_lost_mid_run_is_retryable_and_the_next_attempt_finishes(
+        tmp_path: Path, pg_database: str, postgres: Any, index_kit: Any, minilm: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PostgreSQL drops the connection after two committed batches (a restart, a failover): the
+    run fails as retryable (exit code 3 under the contract, so the Job tries again with back-off)
+    without the URI in its message, and the next attempt finishes with the two batches kept."""
+    source = index_kit.write_corpus(tmp_path / "docs")
+    for i in range(6):
+        (source / f"notes/extra{i}.txt").write_text(f"Note number {i} about topic {i}. " * 20)
+    spec = index_kit.index_spec(source, size=32, overlap=4)
+    monkeypatch.setenv("TUNERAG_INDEX_BATCH_CHUNKS", "4")
+    database = str(psycopg.conninfo.conninfo_to_dict(pg_database)["dbname"])
+
+    def cut(batches: int) -> None:
+        if batches == 2:
+            with psycopg.connect(postgres.uri, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                              [database])
+
+    with pytest.raises(WorkloadError) as failed:
+        run_index(spec, db_uri=pg_database, model=minilm, on_batch=cut)
+    assert failed.value.retryable and failed.value.reason == "DatabaseConnectionLost"
+    assert pg_database not in failed.value.message and "terminat" in failed.value.message
+    with psycopg.connect(pg_database) as conn:
+        kept = conn.execute("SELECT count(*) FROM public.docs_documents").fetchone()[0]
+    assert kept > 0
+
+    resumed = run_index(spec, db_uri=pg_database, model=minilm)
+    assert resumed["unchanged"] == kept and resumed["added"] == 10 - kept and resumed["documents"] == 10
+    got = chunk_set(pg_database, "docs")
+    assert len(got) == len(set(got)) == resumed["chunks"]
+    assert {d for d, _, _ in got} == {"guide/install.md", "notes/cooking.txt", "web/astronomy.html", "papers/volcano.pdf",
+                                      *(f"notes/extra{i}.txt" for i in range(6))}

@@ -64,12 +64,20 @@ def interpret(job: dict[str, Any], pods: list[dict[str, Any]]) -> RunState:
 
     if _condition(job, "Complete"):
         return state("Succeeded", "Completed", "The workload finished.")
-    if failed := _condition(job, "Failed"):
+    if failed := _condition(job, "Failed") or _condition(job, "FailureTarget"):
+        # FailureTarget: the Job controller decided the Job fails and is ending its pods.
         if result and result.get("ok") is False:
             return state("Failed", str(result.get("reason") or "WorkloadFailed"), str(result.get("message") or ""))
         detail = f" Last output: {raw[-1500:]}" if raw else ""
         return state("Failed", failed.get("reason") or "JobFailed", f"{failed.get('message') or 'The Job failed.'}{detail}")
-    if int(status.get("active") or 0) > 0:
+    phase: Phase = "Running" if int(status.get("active") or 0) > 0 else "Pending"
+    failed_before = int(status.get("failed") or 0)
+    if failed_before and result and result.get("ok") is False:
+        # An attempt failed and the Job goes on (a transient failure, exit code 3): say why.
+        attempts = f"{failed_before} attempt{'s' if failed_before > 1 else ''} failed"
+        return state(phase, str(result.get("reason") or "WorkloadFailed"),
+                     f"Retrying ({attempts}, the Job retries with back-off): {result.get('message') or ''}")
+    if phase == "Running":
         return state("Running", "Running", "The workload is running.")
     return state("Pending", "JobPending", "Waiting for the workload pod to start.")
 

@@ -7,7 +7,9 @@
 - Result: one compact JSON object (at most 4 KiB, the kubelet's limit) written to
   $TUNERAG_RESULT_PATH (default /dev/termination-log, the container's termination message).
   Success: {"ok": true, ...}; failure the user can fix: {"ok": false, "reason", "message"} and
-  exit code 2; anything else is a bug: exit code 1 with a traceback in the log.
+  exit code 2 (the Job fails at once); a transient failure (a dependency that went away mid-run):
+  the same with "retryable": true and exit code 3, which the Job retries with back-off, the work
+  already committed kept; anything else is a bug: exit code 1 with a traceback in the log.
 - URIs: pvc://claim/path resolves to $TUNERAG_PVC_ROOT/claim/path (default /mnt/pvc), where the
   operator mounts each claim; file:// is a local path; other schemes go to fsspec as they are.
 """
@@ -27,13 +29,18 @@ PROGRESS_PREFIX = "TUNERAG_PROGRESS "
 RESULT_LIMIT = 4096
 
 
-class WorkloadError(Exception):
-    """A failure the user can fix (bad data, missing file, unreachable database)."""
+EXIT_USER_ERROR, EXIT_RETRYABLE = 2, 3
 
-    def __init__(self, reason: str, message: str) -> None:
+
+class WorkloadError(Exception):
+    """A failure the user can fix (bad data, missing file, unreachable database), or with
+    `retryable` one that a new attempt may not meet (a database restarted mid-run)."""
+
+    def __init__(self, reason: str, message: str, *, retryable: bool = False) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
+        self.retryable = retryable
 
 
 def load_request(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
@@ -99,8 +106,9 @@ def run(main: Callable[[dict[str, Any]], dict[str, Any]], argv: list[str] | None
         write_result({"ok": True, **result})
     except WorkloadError as exc:
         print(f"error: {exc.reason}: {exc.message}", file=sys.stderr, flush=True)
-        write_result({"ok": False, "reason": exc.reason, "message": exc.message[:3000]})
-        sys.exit(2)
+        write_result({"ok": False, "reason": exc.reason, "message": exc.message[:3000]}
+                     | ({"retryable": True} if exc.retryable else {}))
+        sys.exit(EXIT_RETRYABLE if exc.retryable else EXIT_USER_ERROR)
     except Exception:
         traceback.print_exc()
         sys.exit(1)

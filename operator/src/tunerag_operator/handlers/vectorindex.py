@@ -88,14 +88,16 @@ def observe_run(namespace: str, name: str, job_name: str, state: RunState) -> No
     elif state.phase == "Failed":
         update = {"phase": "Failed"}
         conds = set_condition(conds, "Ready", "False", state.reason, state.message, generation)
-    elif state.phase == "Running":
+    elif state.phase == "Running" or state.failed_pods:
         update = {"phase": "Indexing"}
+        if state.failed_pods and state.reason not in ("Running", "JobPending"):  # an attempt failed; the Job retries
+            conds = set_condition(conds, "Ready", "False", state.reason, state.message, generation)
     if not update or (status.get("phase") == update["phase"] and conds == status.get("conditions")):
         return
     kubeapi.patch_status(namespace, VECTORINDEX.plural, name, {**update, "conditions": conds})
     if update["phase"] == "Ready":
         events.info(obj, "Indexed", conds[-1]["message"] if conds else "")
-    elif update["phase"] == "Failed":
+    elif update["phase"] == "Failed" or conds != status.get("conditions"):
         events.warn(obj, state.reason, state.message)
     if update["phase"] in ("Ready", "Failed") and status.get("phase") not in ("Ready", "Failed"):
         # This write recorded the run as finished (a later call for the same run, or one after an

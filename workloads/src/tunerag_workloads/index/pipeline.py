@@ -23,6 +23,7 @@ from .store import Store, Version, WriteItem, connect, sanitize
 
 MAX_SKIPPED_REPORTED = 10
 PAUSE_ENV = "TUNERAG_INDEX_TEST_PAUSE_AFTER_BATCHES"  # tests only: stop (sleep) after N committed batches
+PAUSE_SECONDS_ENV = "TUNERAG_INDEX_TEST_PAUSE_SECONDS"  # tests only: for that long (default an hour)
 
 
 class _Skipped:
@@ -61,7 +62,7 @@ class _Writer(threading.Thread):
                     self.on_batch(self.batches)
                 if self.pause_after and self.batches >= self.pause_after:
                     report_progress(stage="paused", batches=self.batches)
-                    time.sleep(3600)
+                    time.sleep(float(os.environ.get(PAUSE_SECONDS_ENV, "3600")))
             except BaseException as exc:
                 self.error = exc
 
@@ -89,7 +90,10 @@ def run_index(
     try:
         return _run(spec, db_uri, source_dir, model, on_batch)
     except psycopg.OperationalError as exc:
-        raise WorkloadError("DatabaseError", "the database failed during the run: " + sanitize(str(exc), db_uri)[:500]) from None
+        # Connected once, then lost (a restart, a failover): every committed batch is kept, so a
+        # new attempt of the pod continues where this one stopped.
+        raise WorkloadError("DatabaseConnectionLost", "the database connection failed during the run: "
+                            + sanitize(str(exc), db_uri)[:500], retryable=True) from None
 
 
 def _run(spec_in: dict[str, Any] | IndexSpec, db_uri: str, source_dir: str | None, model: Any,
