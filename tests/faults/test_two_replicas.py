@@ -1,7 +1,8 @@
 """Two operator replicas with kopf peering, as the chart runs them: one reconciles, the other stands
 by, and takes over when the active one dies (SIGKILL: within the peering lifetime) or stops
 (SIGTERM: at once). Then the API server is killed and restarted under a running operator: every
-watch is cut, and the operator reconnects and goes on. On its own control plane, so that the
+watch is cut, and the operator reconnects and goes on; and etcd is killed and restarted under a
+running API server and operator: nothing stored is lost and the operator goes on. On its own control plane, so that the
 session's operator (standalone, cluster-wide) is not a third reconciler, and a restart of this API
 server disturbs no other test; kopf's peering CRDs come from the chart."""
 
@@ -149,5 +150,28 @@ def test_the_operator_reconnects_after_the_api_server_restarts(plane: ControlPla
         # kopf re-opens its watches with back-off (settings.batching.error_delays, at most 30 s).
         assert reconnect <= 60, f"reconciled {reconnect:.1f}s after the API server came back"
         print(f"reconciled {reconnect:.1f}s after the API server came back (down 5 s, all watches cut)")
+    finally:
+        replica.stop()
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(600)
+def test_the_operator_goes_on_after_etcd_restarts(plane: ControlPlane, tmp_path: Path) -> None:
+    api = config.new_client_from_config(str(plane.kubeconfig))
+    replica = _replica(plane, tmp_path, "replica-d")
+    replica.start()
+    try:
+        _index(api, "before-etcd")
+        _reconciled(api, "before-etcd", 60)
+        before = client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, TEAM, "vectorindexes", "before-etcd")
+        plane.restart_etcd(down=5)
+        restarted = time.monotonic()
+        _index(api, "after-etcd")
+        reconnect = _reconciled(api, "after-etcd", 180) - restarted
+        assert replica.proc is not None and replica.proc.poll() is None, replica.tail()
+        after = client.CustomObjectsApi(api).get_namespaced_custom_object(GROUP, VERSION, TEAM, "vectorindexes", "before-etcd")
+        assert after["metadata"]["uid"] == before["metadata"]["uid"] and after["status"] == before["status"]  # nothing lost
+        assert reconnect <= 60, f"reconciled {reconnect:.1f}s after etcd came back"
+        print(f"reconciled {reconnect:.1f}s after etcd came back (down 5 s, the API server up throughout)")
     finally:
         replica.stop()

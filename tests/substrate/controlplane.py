@@ -54,6 +54,7 @@ class ControlPlane:
     bin_dir: Path | None = None
     port: int = 0
     etcd_port: int = 0
+    _etcd_peer_port: int = 0
     _procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
@@ -89,10 +90,12 @@ class ControlPlane:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self._procs.append(proc)
 
-    def _start_etcd(self, bin_dir: Path) -> None:
+    def _start_etcd(self, bin_dir: Path, keep_data: bool = False) -> None:
         data = self.workdir / "etcd-data"
-        shutil.rmtree(data, ignore_errors=True)
-        peer = free_port()
+        if not keep_data:
+            shutil.rmtree(data, ignore_errors=True)
+            self._etcd_peer_port = free_port()
+        peer = self._etcd_peer_port
         self._spawn("etcd", [
             str(bin_dir / "etcd"),
             f"--data-dir={data}",
@@ -145,6 +148,18 @@ class ControlPlane:
         self._procs.remove(proc)
         time.sleep(down)
         self._start_apiserver(self.bin_dir or build_binaries())
+        self.wait_ready(timeout)
+
+    def restart_etcd(self, down: float = 0.0, timeout: float = 120.0) -> None:
+        """Kills etcd (SIGKILL), waits `down` seconds and starts it again over its data (a process
+        crash loses nothing written); kube-apiserver stays up, answers errors meanwhile and
+        reconnects by itself."""
+        (proc,) = [p for p in self._procs if Path(str(p.args[0])).name == "etcd"]  # type: ignore[index]
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        self._procs.remove(proc)
+        time.sleep(down)
+        self._start_etcd(self.bin_dir or build_binaries(), keep_data=True)
         self.wait_ready(timeout)
 
     def _write_kubeconfig(self) -> None:
