@@ -86,3 +86,15 @@ def kserve(
     with KServeController(api, job_runner, prometheus=prometheus,
                           workdir=tmp_path_factory.mktemp("kserve")) as controller:
         yield controller
+
+
+from substrate.s3 import S3Server  # noqa: E402  (appended with its fixture)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """One real S3-compatible server for the session (versitygw on 127.0.0.1, bucket `tunerag`,
+    generated keys; `env()` gives the AWS_* variables for a workload's Secret). Tests that stop it
+    (fault injection) should start their own `S3Server` instead, so others are not disturbed."""
+    with S3Server(tmp_path_factory.mktemp("s3")) as server:
+        yield server
