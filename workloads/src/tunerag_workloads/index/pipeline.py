@@ -1,4 +1,11 @@
-"""The indexing run: list, diff, read, chunk, embed, write; build indexes; switch versions."""
+"""The indexing run: list, diff, read, chunk, embed, write; build indexes; switch versions.
+
+With `spec.parallelism` N > 1 the operator runs N shards (an Indexed Job: $JOB_COMPLETION_INDEX
+is the shard) and then one finalize step (`tunerag_workloads.index.finalize`). A shard takes the
+documents whose path hashes to it (`shard_of`), writes, deletes and counts only those, and stops
+before the indexes; the finalize step builds the indexes, switches a rebuilt version live, drops
+retired versions and sums the shards' counts.
+"""
 
 from __future__ import annotations
 
@@ -78,6 +85,11 @@ class _Writer(threading.Thread):
             raise self.error
 
 
+def shard_of(path: str, shards: int) -> int:
+    """The shard of a document: a stable hash of its path (the same in every run and process)."""
+    return int.from_bytes(hashlib.sha256(path.encode()).digest()[:8], "big") % shards
+
+
 def run_index(
     spec: dict[str, Any] | IndexSpec,
     *,
@@ -85,10 +97,14 @@ def run_index(
     source_dir: str | None = None,
     model: Any = None,
     on_batch: Callable[[int], None] | None = None,
+    shard: int | None = None,
 ) -> dict[str, Any]:
-    """Brings the index up to date with the source; returns the run's result (see index_main)."""
+    """Brings the index up to date with the source; returns the run's result (see index_main).
+
+    With `shard` (0 <= shard < spec.parallelism, required when parallelism > 1) only that shard's
+    documents are written, and the result holds the shard's counts for the finalize step."""
     try:
-        return _run(spec, db_uri, source_dir, model, on_batch)
+        return _run(spec, db_uri, source_dir, model, on_batch, shard)
     except psycopg.OperationalError as exc:
         # Connected once, then lost (a restart, a failover): every committed batch is kept, so a
         # new attempt of the pod continues where this one stopped.
@@ -97,13 +113,17 @@ def run_index(
 
 
 def _run(spec_in: dict[str, Any] | IndexSpec, db_uri: str, source_dir: str | None, model: Any,
-         on_batch: Callable[[int], None] | None) -> dict[str, Any]:
+         on_batch: Callable[[int], None] | None, shard: int | None) -> dict[str, Any]:
     started = time.monotonic()
     spec = spec_in if isinstance(spec_in, IndexSpec) else parse_spec(spec_in)
-    if spec.parallelism > 1:
-        raise WorkloadError("Unsupported", "spec.parallelism > 1 (sharded indexing) is not implemented by this workload yet")
+    sharded = spec.parallelism > 1
+    if sharded and (shard is None or not 0 <= shard < spec.parallelism):
+        raise WorkloadError("InvalidShard", f"spec.parallelism is {spec.parallelism}: a run needs its shard in 0..{spec.parallelism - 1} "
+                                            f"($JOB_COMPLETION_INDEX of an Indexed Job), got {shard!r}")
     fs, files = list_source(spec.source, source_dir)
-    report_progress(stage="list", files=len(files))
+    if sharded:
+        files = [f for f in files if shard_of(f.path, spec.parallelism) == shard]
+    report_progress(stage="list", files=len(files), **({"shard": shard} if sharded else {}))
 
     if model is None:
         model = embed.load_model(spec.embedding.model, spec.embedding.device)
@@ -122,11 +142,14 @@ def _run(spec_in: dict[str, Any] | IndexSpec, db_uri: str, source_dir: str | Non
     try:
         store = Store(conn, spec.store.schema_, spec.store.table)
         store.prepare()
-        store.lock()
-        store.drop_retired()  # a previous run that died between switch and cleanup
-        version, previous = store.target(fp, settings, dim)
+        store.lock(shared=sharded)
+        if not sharded:
+            store.drop_retired()  # a previous run that died between switch and cleanup
+        version, previous = store.target(fp, settings, dim, drop_stale=not sharded)
         store.check_dimension(version.table, dim, spec.embedding.model)
         indexed = store.documents(version)
+        if sharded:  # this shard's documents only: the others belong to the other shards
+            indexed = {p: h for p, h in indexed.items() if shard_of(p, spec.parallelism) == shard}
 
         skipped = _Skipped()
         current: dict[str, str] = {}
@@ -204,15 +227,28 @@ def _run(spec_in: dict[str, Any] | IndexSpec, db_uri: str, source_dir: str | Non
             writer.finish()
 
         store.update_settings(version, settings)
-        store.ensure_indexes(version, spec.store.distance, settings["index"])
-        rebuilt = version.state == "building"
-        if rebuilt:
-            store.switch(version)
-            store.drop_retired()
-        documents, chunks, digest = store.counts(version)
+        if sharded:  # the finalize step builds the indexes, switches and counts
+            rebuilt, documents, chunks, digest = False, 0, 0, ""
+        else:
+            store.ensure_indexes(version, spec.store.distance, settings["index"])
+            rebuilt = version.state == "building"
+            if rebuilt:
+                store.switch(version)
+                store.drop_retired()
+            documents, chunks, digest = store.counts(version)
     finally:
         conn.close()
 
+    if sharded:
+        counts = {"added": len([p for p in added if p not in failed]), "updated": len([p for p in updated if p not in failed]),
+                  "deleted": len(deleted), "unchanged": len(unchanged), "skipped": skipped.count}
+        report_progress(stage="shard-done", shard=shard, **counts)
+        return fit_result({
+            "shard": shard, "shards": spec.parallelism, **counts, "skippedFiles": skipped.files,
+            "embeddingModel": spec.embedding.model[-200:], "dimension": dim, "tableVersion": version.table,
+            "embeddedChunks": writer.rows, "embedSeconds": round(embed_seconds, 3),
+            "seconds": round(time.monotonic() - started, 3),
+        })
     result = {
         "documents": documents,
         "chunks": chunks,
@@ -247,8 +283,10 @@ def index_main(request: dict[str, Any]) -> dict[str, Any]:
     """The workload's entry point under the contract: spec from the request, secrets from the env."""
     if not isinstance(request.get("spec"), dict):
         raise WorkloadError("InvalidSpec", "the request has no spec object")
+    index = os.environ.get("JOB_COMPLETION_INDEX", "")
     return run_index(
         request["spec"],
         db_uri=os.environ.get("TUNERAG_DB_URI", ""),
         source_dir=os.environ.get("TUNERAG_SOURCE_DIR") or None,
+        shard=int(index) if index.isdigit() else None,
     )

@@ -145,10 +145,13 @@ class Store:
     # --- setup ---------------------------------------------------------------------------------
 
     def prepare(self) -> None:
-        """Extension, schema and bookkeeping tables; registers pgvector's types."""
+        """Extension, schema and bookkeeping tables; registers pgvector's types. In one transaction
+        under an advisory lock: the shards of a sharded run prepare the same objects at once."""
         from pgvector.psycopg import register_vector
 
         with self.conn.transaction():
+            self.conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                              (f"tunerag-index-target:{self.schema}.{self.table}",))
             have = self.conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'vector'").fetchone()
             if not have:
                 try:
@@ -157,43 +160,48 @@ class Store:
                     raise WorkloadError("PgvectorMissing", "the pgvector extension is not installed and this user may not create it; run CREATE EXTENSION vector as an administrator") from None
                 except psycopg.errors.FeatureNotSupported:
                     raise WorkloadError("PgvectorMissing", "the pgvector extension is not available on the database server") from None
+            self.conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema)))
+            self.conn.execute(sql.SQL("""
+                CREATE TABLE IF NOT EXISTS {} (
+                    version integer PRIMARY KEY,
+                    table_name text NOT NULL,
+                    fingerprint text NOT NULL,
+                    state text NOT NULL CHECK (state IN ('building', 'live', 'retired')),
+                    settings jsonb NOT NULL,
+                    created_at timestamptz NOT NULL DEFAULT now(),
+                    live_at timestamptz
+                )""").format(self.ident(self.versions)))
+            self.conn.execute(sql.SQL("""
+                CREATE TABLE IF NOT EXISTS {} (
+                    version integer NOT NULL,
+                    document text NOT NULL,
+                    content_hash text NOT NULL,
+                    format text NOT NULL,
+                    chunks integer NOT NULL,
+                    indexed_at timestamptz NOT NULL DEFAULT now(),
+                    PRIMARY KEY (version, document)
+                )""").format(self.ident(self.documents_table)))
+            kind = self.conn.execute(
+                "SELECT c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
+                (self.schema, self.table),
+            ).fetchone()
+            if kind and kind[0] != "v":
+                raise WorkloadError(
+                    "TableConflict",
+                    f"{self.schema}.{self.table} exists and is not the view tunerag maintains; choose another spec.store.table or move that relation away",
+                )
         register_vector(self.conn)
-        self.conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema)))
-        self.conn.execute(sql.SQL("""
-            CREATE TABLE IF NOT EXISTS {} (
-                version integer PRIMARY KEY,
-                table_name text NOT NULL,
-                fingerprint text NOT NULL,
-                state text NOT NULL CHECK (state IN ('building', 'live', 'retired')),
-                settings jsonb NOT NULL,
-                created_at timestamptz NOT NULL DEFAULT now(),
-                live_at timestamptz
-            )""").format(self.ident(self.versions)))
-        self.conn.execute(sql.SQL("""
-            CREATE TABLE IF NOT EXISTS {} (
-                version integer NOT NULL,
-                document text NOT NULL,
-                content_hash text NOT NULL,
-                format text NOT NULL,
-                chunks integer NOT NULL,
-                indexed_at timestamptz NOT NULL DEFAULT now(),
-                PRIMARY KEY (version, document)
-            )""").format(self.ident(self.documents_table)))
-        kind = self.conn.execute(
-            "SELECT c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
-            (self.schema, self.table),
-        ).fetchone()
-        if kind and kind[0] != "v":
-            raise WorkloadError(
-                "TableConflict",
-                f"{self.schema}.{self.table} exists and is not the view tunerag maintains; choose another spec.store.table or move that relation away",
-            )
 
-    def lock(self, wait_s: float = 60.0) -> None:
-        """At most one run per index (a session advisory lock, released if the process dies)."""
+    def lock(self, wait_s: float = 60.0, *, shared: bool = False) -> None:
+        """At most one run per index (a session advisory lock, released if the process dies).
+
+        `shared`: the shards of one sharded run write concurrently, so each takes the lock shared;
+        a whole run (parallelism 1) and a sharded run's finalize step take it exclusive, so neither
+        ever overlaps a shard."""
         key = f"tunerag-index:{self.schema}.{self.table}"
         deadline = time.monotonic() + wait_s
-        while not self.conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (key,)).fetchone()[0]:
+        function = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
+        while not self.conn.execute(sql.SQL("SELECT {}(hashtextextended(%s, 0))").format(sql.SQL(function)), (key,)).fetchone()[0]:
             if time.monotonic() > deadline:
                 raise WorkloadError("IndexBusy", f"another run is indexing {self.schema}.{self.table}; try again when it has finished")
             time.sleep(1.0)
@@ -209,25 +217,50 @@ class Store:
     def live(self) -> Version | None:
         return next((v for v in self._versions() if v.state == "live"), None)
 
-    def target(self, fingerprint: str, settings: dict[str, Any], dimension: int) -> tuple[Version, Version | None]:
+    def target(self, fingerprint: str, settings: dict[str, Any], dimension: int, *,
+               drop_stale: bool = True) -> tuple[Version, Version | None]:
         """The version this run writes (the live one, a building one to resume, or a new one) and
-        the live version it replaces, if any."""
-        versions = self._versions()
-        live = next((v for v in versions if v.state == "live"), None)
-        if live and live.fingerprint == fingerprint:
-            return live, None
-        building = next((v for v in versions if v.state == "building" and v.fingerprint == fingerprint), None)
-        for stale in versions:  # abandoned builds for other settings
-            if stale.state == "building" and stale is not building:
-                self.drop_version(stale)
-        if building is None:
-            number = max((v.number for v in versions), default=0) + 1
-            building = Version(number, identifier(self.table, f"v{number}"), fingerprint, "building", settings)
-            self.conn.execute(sql.SQL(
-                "INSERT INTO {} (version, table_name, fingerprint, state, settings) VALUES (%s, %s, %s, 'building', %s)"
-            ).format(self.ident(self.versions)), (number, building.table, fingerprint, Jsonb(settings)))
-        self.create_table(building.table, dimension)
+        the live version it replaces, if any.
+
+        Decided under a transaction-scoped advisory lock, so concurrent shards of one run (same
+        fingerprint) all get the same version: the first creates it, the others find it. A shard
+        passes `drop_stale=False`: abandoned builds for other settings are dropped by the next
+        exclusive holder of the index lock (a whole run, or a finalize step), never while another
+        run's shard might still write to them."""
+        with self.conn.transaction():
+            self.conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                              (f"tunerag-index-target:{self.schema}.{self.table}",))
+            versions = self._versions()
+            live = next((v for v in versions if v.state == "live"), None)
+            if live and live.fingerprint == fingerprint:
+                return live, None
+            building = next((v for v in versions if v.state == "building" and v.fingerprint == fingerprint), None)
+            if drop_stale:
+                for stale in versions:  # abandoned builds for other settings
+                    if stale.state == "building" and stale is not building:
+                        self.drop_version(stale)
+            if building is None:
+                number = max((v.number for v in versions), default=0) + 1
+                building = Version(number, identifier(self.table, f"v{number}"), fingerprint, "building", settings)
+                self.conn.execute(sql.SQL(
+                    "INSERT INTO {} (version, table_name, fingerprint, state, settings) VALUES (%s, %s, %s, 'building', %s)"
+                ).format(self.ident(self.versions)), (number, building.table, fingerprint, Jsonb(settings)))
+            self.create_table(building.table, dimension)
         return building, live
+
+    def version_named(self, table: str) -> Version | None:
+        """The version whose table is `table` (a sharded run's finalize step finds the shards' version)."""
+        return next((v for v in self._versions() if v.table == table), None)
+
+    def drop_abandoned(self, keep: Version) -> list[str]:
+        """Drops building versions older than `keep` (builds for settings no longer asked for).
+        Newer ones are left: they belong to a newer run, which may not have finalized yet."""
+        dropped = []
+        for version in self._versions():
+            if version.state == "building" and version.number < keep.number:
+                self.drop_version(version)
+                dropped.append(version.table)
+        return dropped
 
     def create_table(self, table: str, dimension: int) -> None:
         self.conn.execute(sql.SQL("""
