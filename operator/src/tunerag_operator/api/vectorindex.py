@@ -92,7 +92,7 @@ class VectorIndexSpec(ApiModel):
     embedding: Embedding = Field(default_factory=Embedding, description="Embedding model.")
     store: Store = Field(description="Vector store.")
     refresh: Refresh = Field(default_factory=Refresh, description="Periodic refresh; at most one run at a time.")
-    parallelism: int = Field(default=1, ge=1, le=64, description="Indexing pods, each taking a shard of the documents by hash.")
+    parallelism: int = Field(default=1, ge=1, le=64, description="Indexing pods, each taking a shard of the documents by a hash of their path (an Indexed Job); above 1, a finalize Job then builds the indexes and switches the version.")
     resources: PodResources = Field(default_factory=PodResources, description="Pod resources and placement.")
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import kopf
 
-from tunerag_operator import durations, events, kubeapi, metrics, references
+from tunerag_operator import durations, events, kubeapi, metrics, references, runstate
 from tunerag_operator.api.common import GROUP, VERSION
 from tunerag_operator.api.kinds import VECTORINDEX
 from tunerag_operator.api.vectorindex import VectorIndexSpec
@@ -30,21 +31,91 @@ def check(spec: VectorIndexSpec, namespace: str) -> list[Problem]:
     return problems
 
 
+INDEX_STEP = f"{GROUP}/index-step"  # label of a sharded run's Jobs: shards | finalize
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
+
+
+def _db_env(spec: VectorIndexSpec) -> tuple[dict[str, Any], ...]:
+    ref = spec.store.connection_secret
+    return ({"name": "TUNERAG_DB_URI", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}},)
+
+
 def workload_run(
     spec: VectorIndexSpec, owner: Owner, image: str, *, drop_attempt: int | None = None, refresh: int | None = None
 ) -> WorkloadRun:
+    """The run's Job; with spec.parallelism N > 1 an Indexed Job of N shards (JOB_COMPLETION_INDEX),
+    followed by the finalize Job (`finalize_run`) once all shards have succeeded."""
     drop = drop_attempt is not None
     suffix = f"drop{drop_attempt}" if drop else f"g{owner.generation}-r{refresh}" if refresh else ""
     claims = references.claims_of(spec.source.uri)
-    ref = spec.store.connection_secret
+    sharded = not drop and spec.parallelism > 1
     return WorkloadRun(
         owner=owner, component="index", module="tunerag_workloads.index.drop" if drop else "tunerag_workloads.index",
         suffix=suffix, backoff_limit=0 if drop else 3,
         spec=spec.model_dump(mode="json", exclude_none=True), image=spec.resources.image or image,
-        resources=spec.resources, claims=claims,
-        env=({"name": "TUNERAG_DB_URI", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}},),
+        resources=spec.resources, claims=claims, env=_db_env(spec),
         source_config_map=spec.source.config_map.name if spec.source.config_map else None,
+        completions=spec.parallelism if sharded else None,
+        labels={INDEX_STEP: "shards"} if sharded else {},
     )
+
+
+def _finalize_suffix(owner_name: str, shard_job: str) -> str:
+    return f"{shard_job.removeprefix(owner_name + '-')}-finalize"
+
+
+def finalize_name(owner: Owner, shard_job: str) -> str:
+    """`<shard Job>-finalize`: one name per run, so the finalize Job is created at most once."""
+    return run_name(owner, _finalize_suffix(owner.name, shard_job))
+
+
+def finalize_run(spec: VectorIndexSpec, owner: Owner, image: str, shard_job: str, shards: list[dict[str, Any]]) -> WorkloadRun:
+    """The finalize step of a sharded run: indexes, switch, cleanup, counts (no model, no source,
+    no GPU); the shards' results travel in its ConfigMap."""
+    return WorkloadRun(
+        owner=owner, component="index", module="tunerag_workloads.index.finalize",
+        suffix=_finalize_suffix(owner.name, shard_job), backoff_limit=3,
+        spec=spec.model_dump(mode="json", exclude_none=True), image=image,
+        resources=spec.resources.model_copy(update={"gpus": 0}), env=_db_env(spec),
+        request={"shards": shards}, labels={INDEX_STEP: "finalize"},
+    )
+
+
+def shard_results(pods: list[dict[str, Any]], shards: int) -> tuple[list[dict[str, Any]], list[int]]:
+    """Each shard's result (the newest succeeded pod of its index) and the shards without one."""
+    results, missing = [], []
+    for index in range(shards):
+        done = [p for p in pods if (p.get("status") or {}).get("phase") == "Succeeded"
+                and ((p.get("metadata") or {}).get("annotations") or {}).get(COMPLETION_INDEX) == str(index)]
+        result, _ = runstate.last_result(done)
+        if result and result.get("ok") and result.get("shard") == index:
+            results.append({k: v for k, v in result.items() if k != "ok"})
+        else:
+            missing.append(index)
+    return results, missing
+
+
+def _start_finalize(obj: dict[str, Any], job: dict[str, Any]) -> None:
+    """All shards succeeded: start the run's finalize Job (idempotent by name), unless the run is
+    already recorded as finished or belongs to an older generation (a newer run replaces it)."""
+    status = obj.get("status") or {}
+    if status.get("phase") in ("Ready", "Failed"):
+        return  # recorded: never finalize a run twice
+    job_name = job["metadata"]["name"]
+    if (job["metadata"].get("labels") or {}).get(f"{GROUP}/generation") != str(obj["metadata"]["generation"]):
+        return
+    meta = obj["metadata"]
+    owner = Owner(VECTORINDEX.kind, meta["name"], meta["namespace"], meta["uid"], meta["generation"])
+    spec = VectorIndexSpec.model_validate(obj["spec"])
+    results, missing = shard_results(kubeapi.job_pods(owner.namespace, job_name), int(job["spec"].get("completions") or 0))
+    if missing:
+        message = f"The shard Job {job_name} succeeded but shards {missing} left no result (their pods are gone); the next run indexes again."
+        conds = set_condition(status.get("conditions") or [], "Ready", "False", "ShardResultMissing", message, meta["generation"])
+        kubeapi.patch_status(owner.namespace, VECTORINDEX.plural, owner.name, {"phase": "Failed", "conditions": conds})
+        events.warn(obj, "ShardResultMissing", message)
+        return
+    image = job["spec"]["template"]["spec"]["containers"][0]["image"]
+    runs.start(finalize_run(spec, owner, image, job_name, results))
 
 
 def start_run(spec: VectorIndexSpec, body: kopf.Body, config: OperatorConfig) -> dict[str, Any]:
@@ -54,9 +125,10 @@ def start_run(spec: VectorIndexSpec, body: kopf.Body, config: OperatorConfig) ->
     if current in (run_name(owner), refresh):
         return {}  # this generation's run (or its latest refresh) was started already
     if current:  # at most one run per index: a newer generation replaces an unfinished older run
-        old = kubeapi.get_job(owner.namespace, current)
-        if old and not (old.get("status") or {}).get("completionTime"):
-            kubeapi.delete_job(owner.namespace, current)
+        for old_name in (current, finalize_name(owner, current)):  # (its shards, or its finalize step)
+            old = kubeapi.get_job(owner.namespace, old_name)
+            if old and not (old.get("status") or {}).get("completionTime"):
+                kubeapi.delete_job(owner.namespace, old_name)
     job_name = runs.start(workload_run(spec, owner, config.workloads_image))
     return {"jobName": job_name, "phase": "Indexing", "refreshes": 0}
 
@@ -64,8 +136,21 @@ def start_run(spec: VectorIndexSpec, body: kopf.Body, config: OperatorConfig) ->
 @runs.observe(VECTORINDEX.kind)
 def observe_run(namespace: str, name: str, job_name: str, state: RunState) -> None:
     obj = kubeapi.get_custom(namespace, VECTORINDEX.plural, name)
-    if obj is None or (obj.get("status") or {}).get("jobName") != job_name:
+    current = str((obj or {}).get("status", {}).get("jobName") or "")
+    if obj is None or not current:
+        return
+    meta = obj["metadata"]
+    finalize = finalize_name(Owner(VECTORINDEX.kind, name, namespace, meta["uid"], meta["generation"]), current)
+    if job_name not in (current, finalize):
         return  # a stale run of an older generation
+    if job_name == current and state.phase == "Succeeded":
+        job = kubeapi.get_job(namespace, job_name) or {}
+        if ((job.get("metadata") or {}).get("labels") or {}).get(INDEX_STEP) == "shards":
+            _start_finalize(obj, job)  # the shards of a sharded run are done; the run is not
+            return
+    if job_name == finalize:  # the run's outcome; it started when its shards did
+        shard_job = kubeapi.get_job(namespace, current) or {}
+        state = dataclasses.replace(state, start_time=(shard_job.get("status") or {}).get("startTime") or state.start_time)
     status = obj.get("status") or {}
     generation = obj["metadata"]["generation"]
     conds = status.get("conditions") or []
@@ -162,7 +247,7 @@ def refresh(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, **_: Any) -> No
     patch.status["jobName"] = runs.start(run)
     patch.status["refreshes"] = sequence
     patch.status["phase"] = "Indexing"
-    runs.prune(owner.namespace, owner.kind, owner.name, KEEP_RUNS)
+    runs.prune(owner.namespace, owner.kind, owner.name, KEEP_RUNS * (2 if spec.parallelism > 1 else 1))  # shards + finalize
 
 
 def _deletes_tables(spec: kopf.Spec, **_: Any) -> bool:

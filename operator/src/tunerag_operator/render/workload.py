@@ -60,6 +60,9 @@ class WorkloadRun:
     active_deadline_seconds: int | None = None
     labels: dict[str, str] = field(default_factory=dict)
     suffix: str = ""  # names a run that belongs to no generation ("drop1"): `<name>-<suffix>`
+    # An Indexed Job of this many pods, run at once, each with its index in $JOB_COMPLETION_INDEX.
+    completions: int | None = None
+    request: dict[str, Any] = field(default_factory=dict)  # more fields of the request (beside the spec)
 
 
 def run_name(owner: Owner, suffix: str = "") -> str:
@@ -94,7 +97,7 @@ def owner_reference(owner: Owner) -> dict[str, Any]:
 
 def config_map(run: WorkloadRun) -> dict[str, Any]:
     o = run.owner
-    request = {"kind": o.kind, "namespace": o.namespace, "name": o.name, "generation": o.generation, "spec": run.spec}
+    request = {**run.request, "kind": o.kind, "namespace": o.namespace, "name": o.name, "generation": o.generation, "spec": run.spec}
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -186,6 +189,8 @@ def job(run: WorkloadRun) -> dict[str, Any]:
     }
     if run.active_deadline_seconds:
         spec["activeDeadlineSeconds"] = run.active_deadline_seconds
+    if run.completions is not None:
+        spec.update({"completionMode": "Indexed", "completions": run.completions, "parallelism": run.completions})
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
