@@ -4,10 +4,17 @@ Prints real (non-padding) tokens per second, same model, same varied-length data
 lengths in 16-512, loss on the last 75% of each example), same LoRA targets, same number of
 optimizer steps. The workload packs examples with per-example attention (position_ids restart,
 block-diagonal mask) and runs the LM head only on completion positions; the Trainer baseline uses
-dynamic padding (pad to the longest in each batch). TRL's SFTTrainer is measured too when `trl` is
-installed (it is not in the dev lock).
+dynamic padding (pad to the longest in each batch). TRL's SFTTrainer with packing=True (its "bfd"
+packing, which turns on padding-free batches: the rows of a batch flattened into one sequence,
+position_ids restarting per example, completion-only loss) is measured too when `trl` is installed;
+it is not in the dev lock: run the script with the venv of `tests/benchmarks/peer_venvs.sh trl`
+(the dev lock plus trl, same torch/transformers/peft). Without FlashAttention (CPU, or sdpa) a
+padding-free batch attends causally across its examples: same token count, more attention work.
+On CPU every path trains in float32 without gradient checkpointing (TRL's defaults, bf16 and
+gradient checkpointing, are switched off to match).
 
     python tests/benchmarks/finetune_throughput.py [--steps 12] [--threads 2]
+    $(tests/benchmarks/peer_venvs.sh trl)/bin/python tests/benchmarks/finetune_throughput.py   # with TRL
 
 Also reports peak RSS of LoRA vs QLoRA (each in a fresh process) and the nf4 size ratio of the
 12M model (`--memory`, `--quantize`).
@@ -18,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import resource
 import subprocess
@@ -91,6 +99,19 @@ def run_workload(model_dir: Path, data: list[Example], steps: int, batch_rows: i
             "paddedTokens": outcome.padded_tokens, "seconds": outcome.train_seconds}
 
 
+def count_trained_tokens(trainer: Any, seen: dict[str, int], real: Any) -> None:
+    """Counts the tokens of the batches that reach `training_step` (the dataloader prefetches a batch
+    ahead, so counting in the collator would add one batch that never trains)."""
+    step = trainer.training_step
+
+    def counting(model: Any, inputs: dict[str, Any], *rest: Any, **kwargs: Any) -> Any:
+        seen["real"] += real(inputs)
+        seen["padded"] += int(inputs["input_ids"].numel())
+        return step(model, inputs, *rest, **kwargs)
+
+    trainer.training_step = counting
+
+
 def run_trainer(model_dir: Path, data: list[Example], steps: int, batch: int) -> dict[str, float]:
     """transformers Trainer + peft, dynamic padding, full-sequence logits, loss on the same tokens."""
     from peft import LoraConfig, get_peft_model
@@ -114,20 +135,45 @@ def run_trainer(model_dir: Path, data: list[Example], steps: int, batch: int) ->
     class Count(TrainerCallback):
         pass
 
-    orig = collate
-
-    def counting(batch: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
-        out = orig(batch)
-        seen["real"] += int(out["attention_mask"].sum())
-        seen["padded"] += out["input_ids"].numel()
-        return out
-
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(output_dir=tmp, max_steps=steps, per_device_train_batch_size=batch, learning_rate=1e-4,
                                  logging_steps=10**6, save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(),
                                  dataloader_num_workers=0, seed=0, disable_tqdm=True,
                                  bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-        trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=counting, callbacks=[Count()])
+        trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collate, callbacks=[Count()])
+        count_trained_tokens(trainer, seen, lambda inputs: int(inputs["attention_mask"].sum()))
+        start = time.monotonic()
+        trainer.train()
+        seconds = time.monotonic() - start
+    return {"tokensPerSecond": seen["real"] / seconds, "realTokens": seen["real"], "paddedTokens": seen["padded"],
+            "seconds": seconds}
+
+
+def run_trl(model_dir: Path, data: list[Example], steps: int, batch_rows: int) -> dict[str, float]:
+    """TRL SFTTrainer, packing=True (bfd, padding-free), LoRA through peft_config, completion-only
+    loss on the same tokens; batches of `batch_rows` packed rows of 512 tokens, as the workload."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from tokenizers import Tokenizer, models
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+    from trl import SFTConfig, SFTTrainer
+
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<pad>": 0, "<s>": 1, "</s>": 2}, unk_token="<pad>")),
+                                        pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    dataset = Dataset.from_list([{"input_ids": e.input_ids,
+                                  "completion_mask": [0] * e.prompt_len + [1] * (len(e.input_ids) - e.prompt_len)} for e in data])
+    seen = {"real": 0, "padded": 0}
+    with tempfile.TemporaryDirectory() as tmp:
+        args = SFTConfig(output_dir=tmp, max_steps=steps, per_device_train_batch_size=batch_rows, learning_rate=1e-4,
+                         packing=True, max_length=512, completion_only_loss=True, gradient_checkpointing=False,
+                         bf16=False, fp16=False, logging_steps=10**6, save_strategy="no", report_to=[],
+                         use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, seed=0, disable_tqdm=True)
+        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                             peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=LORA_TARGETS,
+                                                    task_type="CAUSAL_LM"))
+        # padding-free: one flattened row per batch, no padding (pad_to_multiple_of is off on CPU/CUDA)
+        count_trained_tokens(trainer, seen, lambda inputs: int(inputs["input_ids"].numel()))
         start = time.monotonic()
         trainer.train()
         seconds = time.monotonic() - start
@@ -164,23 +210,32 @@ def main() -> None:
         data = examples(2000)
         mean_len = sum(e.length for e in data) / len(data)
         # Same optimizer steps; tokens per step comparable: 8 examples ~ 1150 tokens vs 3 packed rows of 512.
+        try:
+            import trl
+
+            have_trl = True
+        except ImportError:
+            have_trl = False
         results: dict[str, list[dict[str, float]]] = {"trainer_dynamic_padding": [], "workload_packed": []}
+        if have_trl:
+            results["trl_sft_packing"] = []
         for _ in range(2):  # interleaved, best of two: the machine is shared
             results["trainer_dynamic_padding"].append(run_trainer(model_dir, data, args.steps, 8))
             results["workload_packed"].append(run_workload(model_dir, data, args.steps, 3))
+            if have_trl:
+                results["trl_sft_packing"].append(run_trl(model_dir, data, args.steps, 3))
         best = {k: max(v, key=lambda r: r["tokensPerSecond"]) for k, v in results.items()}
         for k, r in best.items():
             print(f"{k:26s} {r['tokensPerSecond']:8.0f} real tok/s  padding waste "
                   f"{1 - r['realTokens'] / r['paddedTokens']:.0%}  ({r['realTokens']} tokens, {r['seconds']:.1f}s)", flush=True)
         ratio = best["workload_packed"]["tokensPerSecond"] / best["trainer_dynamic_padding"]["tokensPerSecond"]
         summary: dict[str, Any] = {"threads": args.threads, "meanLength": round(mean_len, 1), "steps": args.steps,
-                                   "workloadVsTrainer": round(ratio, 2)}
-        try:
-            import trl  # noqa: F401
-
-            summary["trl"] = "installed but not measured by this script yet"
-        except ImportError:
-            summary["trl"] = "not installed (not in the dev lock): SFTTrainer not measured"
+                                   "workloadVsTrainer": round(ratio, 2), "loadavg": [round(x, 2) for x in os.getloadavg()]}
+        if have_trl:
+            summary["workloadVsTrl"] = round(best["workload_packed"]["tokensPerSecond"] / best["trl_sft_packing"]["tokensPerSecond"], 2)
+            summary["trl"] = f"trl {trl.__version__}, SFTTrainer packing=True (bfd, padding-free), fp32, no gradient checkpointing"
+        else:
+            summary["trl"] = "not installed (not in the dev lock): SFTTrainer not measured; see peer_venvs.sh trl"
         if args.memory:
             summary["peakMemoryMiB (cuda max allocated, else RSS growth)"] = {m: peak_rss(model_dir, m, 4) for m in ("lora", "qlora")}
         if args.quantize:
