@@ -39,7 +39,7 @@ def operator(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFacto
     proc = OperatorProcess(
         control_plane.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log",
         extra_env={"TUNERAG_RETRY_DELAY": "2", "TUNERAG_PROGRESS_INTERVAL": "1", "TUNERAG_ROLLOUT_TICK": "1",
-                   "TUNERAG_ROLLOUT_RESYNC": "5", "TUNERAG_SCHEDULE_TICK": "1",
+                   "TUNERAG_ROLLOUT_RESYNC": "5", "TUNERAG_SCHEDULE_TICK": "1", "TUNERAG_SCHEDULE_RECHECK": "5",
                    # every Prometheus the tests start is on loopback; the examples name the usual in-cluster one
                    "TUNERAG_PROMETHEUS_ALLOW": "http://127.0.0.1,http://prometheus.monitoring.svc:9090"},
     )

@@ -1,15 +1,24 @@
-"""Operator load benchmark: N resources of each kind across 10 namespaces on the local control plane.
+"""Operator load benchmark: N resources of each of the five kinds across 10 namespaces on the local
+control plane.
 
-    python tests/benchmarks/operator_load.py [--per-kind 1000] [--namespaces 10]
+    python tests/benchmarks/operator_load.py [--per-kind 1000] [--namespaces 10] [--idle 60]
 
 Prints the operator's RSS idle and loaded, p50/p95/max time from create to first status
-(status.observedGeneration set), and the creation rate the client reached. A benchmark, not a test:
-it asserts nothing about speed.
+(status.observedGeneration set), the creation rate the client reached, what status every resource
+reached (phase and Accepted reason, against what each kind is expected to reach here: no Job
+runs, so runs stay pending), and from the API server's audit log the operator's requests per
+resource by verb, then its requests during `--idle` seconds after everything settled (an idle
+operator must make no writes: no hot loop). The load generator's requests are told apart by their
+User-Agent. A benchmark, not a test: it asserts nothing about speed.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import datetime
+import json
+import os
 import statistics
 import sys
 import tempfile
@@ -46,9 +55,16 @@ SPECS: dict[str, dict[str, Any]] = {
         "target": {"inferenceService": "svc", "baseModel": "file:///models/base"},
         "adapterSelector": {"family": "bench"},
     },
+    "finetuneschedules": {
+        "schedule": "0 3 * * *", "feedback": {"rolloutPolicy": "rol-0"},
+        "template": {"baseModel": {"uri": "file:///models/base"}, "adapter": {"family": "bench"},
+                     "dataset": {"train": {"uri": "file:///data/train.jsonl"}}, "output": {"uri": "file:///artifacts"}},
+    },
 }
 KINDS = {"finetunejobs": "FineTuneJob", "adapterversions": "AdapterVersion", "vectorindexes": "VectorIndex",
-         "rolloutpolicies": "RolloutPolicy"}
+         "rolloutpolicies": "RolloutPolicy", "finetuneschedules": "FineTuneSchedule"}
+BENCH_AGENT = "tunerag-bench"
+WRITES = {"create", "update", "patch", "delete", "deletecollection"}
 
 
 def contextlib_suppress_stream(stream: Any) -> Any:
@@ -57,6 +73,55 @@ def contextlib_suppress_stream(stream: Any) -> Any:
         yield from stream
     except Exception:
         return
+
+
+# What each kind reaches here: the specs reference what exists (the Secret) and what does not
+# (files, an InferenceService, KServe's CRDs), and no Job runs.
+EXPECTED: dict[str, set[tuple[str, str]]] = {
+    "finetunejobs": {("Pending", "Accepted")},
+    "adapterversions": {("Verifying", "Accepted")},
+    "vectorindexes": {("Indexing", "Accepted")},
+    "rolloutpolicies": {("Pending", "Accepted")},
+    "finetuneschedules": {("Idle", "Accepted")},
+}
+
+
+def client_for(cp: ControlPlane) -> client.ApiClient:
+    api = config.new_client_from_config(str(cp.kubeconfig))
+    api.user_agent = BENCH_AGENT
+    return api
+
+
+def outcomes(custom: client.CustomObjectsApi, namespaces: list[str]) -> collections.Counter[tuple[str, str, str]]:
+    reached: collections.Counter[tuple[str, str, str]] = collections.Counter()
+    for plural in SPECS:
+        for ns in namespaces:
+            for obj in custom.list_namespaced_custom_object(GROUP, VERSION, ns, plural)["items"]:
+                status = obj.get("status") or {}
+                accepted: dict[str, Any] = next((c for c in status.get("conditions") or [] if c["type"] == "Accepted"), {})
+                reached[(plural, str(status.get("phase")), str(accepted.get("reason")))] += 1
+    return reached
+
+
+def operator_requests(audit_log: Path, start: float, settled: float, idle_until: float
+                      ) -> tuple[collections.Counter[str], collections.Counter[str]]:
+    """The operator's requests (not the load generator's) from `start` to `settled` by verb, and
+    from `settled` to `idle_until` by verb and resource."""
+    during: collections.Counter[str] = collections.Counter()
+    idle: collections.Counter[str] = collections.Counter()
+    with audit_log.open() as f:
+        for line in f:
+            event = json.loads(line)
+            if event.get("userAgent", "").startswith(BENCH_AGENT) or event["user"]["username"].startswith("system:"):
+                continue
+            at = datetime.datetime.fromisoformat(event["requestReceivedTimestamp"].replace("Z", "+00:00")).timestamp()
+            ref = event.get("objectRef") or {}
+            resource = ref.get("resource", event.get("requestURI", "")) + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+            if start <= at < settled:
+                during[event["verb"]] += 1
+            elif settled <= at < idle_until:
+                idle[f"{event['verb']} {resource}"] += 1
+    return during, idle
 
 
 def rss_mib(pid: int) -> float:
@@ -72,13 +137,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--per-kind", type=int, default=1000)
     parser.add_argument("--namespaces", type=int, default=10)
+    parser.add_argument("--settle", type=float, default=30, help="seconds after all statused before the idle window")
+    parser.add_argument("--idle", type=float, default=60, help="seconds of the idle window")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tunerag-bench-"))
-    cp = ControlPlane(work / "cp")
+    # Metadata-level audit of every request but the API server's own and the health probes.
+    cp = ControlPlane(work / "cp", audit_rules=[
+        {"level": "None", "users": ["system:apiserver"]},
+        {"level": "None", "nonResourceURLs": ["/healthz*", "/readyz*", "/livez*", "/version", "/openapi*"]},
+        {"level": "Metadata"}])
     cp.start()
     op = OperatorProcess(cp.kubeconfig, work / "operator.log")
     try:
-        api = config.new_client_from_config(str(cp.kubeconfig))
+        api = client_for(cp)
         api.configuration.connection_pool_maxsize = 16
         kube.install_crds(api, kube.crd_documents(include_kserve=False))
         namespaces = [f"bench-{i}" for i in range(args.namespaces)]
@@ -98,7 +169,7 @@ def main() -> int:
 
         def watch_kind(plural: str) -> None:
             w = watch.Watch()
-            custom = client.CustomObjectsApi(config.new_client_from_config(str(cp.kubeconfig)))
+            custom = client.CustomObjectsApi(client_for(cp))
             stream = w.stream(custom.list_cluster_custom_object, GROUP, VERSION, plural, timeout_seconds=900)
             for ev in contextlib_suppress_stream(stream):
                 obj = ev["object"]
@@ -124,7 +195,7 @@ def main() -> int:
             created[(plural, ns, name)] = time.monotonic()
             custom.create_namespaced_custom_object(GROUP, VERSION, ns, plural, body)
 
-        t0 = time.monotonic()
+        t0, t0_wall = time.monotonic(), time.time()
         with ThreadPoolExecutor(8) as pool:
             for i in range(args.per_kind):
                 for plural in SPECS:
@@ -138,13 +209,32 @@ def main() -> int:
         all_seconds = time.monotonic() - t0
         time.sleep(5)
         loaded = rss_mib(op.proc.pid)
+        time.sleep(max(args.settle - 5, 0))  # runs started, conditions written: the operator has settled
+        settled_at = time.time()
+        time.sleep(args.idle)
+        idle_until = time.time()
         latencies = sorted(statused[k] - created[k] for k in statused if k in created)
         print(f"resources: {len(statused)}/{total} got a status ({args.per_kind} per kind, {args.namespaces} namespaces)")
         print(f"creation: {total / create_seconds:.0f}/s; all statused after {all_seconds:.1f}s")
         print(f"create -> first status: p50 {percentile(latencies, 50):.2f}s  p95 {percentile(latencies, 95):.2f}s  "
               f"max {latencies[-1]:.2f}s")
         print(f"operator RSS: idle {idle:.0f} MiB, peak {peak:.0f} MiB, loaded and settled {loaded:.0f} MiB")
-        return 0 if len(statused) == total else 1
+        reached = outcomes(custom, namespaces)
+        print("status reached (kind, phase, Accepted reason: count), expected marked with *:")
+        unexpected = 0
+        for (plural, phase, reason), count in sorted(reached.items()):
+            ok = (phase, reason) in EXPECTED[plural]
+            unexpected += 0 if ok else count
+            print(f"  {'*' if ok else ' '} {KINDS[plural]:17} {phase:14} {reason:22} {count}")
+        during, idle_requests = operator_requests(cp.audit_log, t0_wall, settled_at, idle_until)
+        print(f"operator requests while loaded and settling ({len(statused)} resources): "
+              f"{sum(during.values()) / max(len(statused), 1):.1f} per resource: "
+              + ", ".join(f"{verb} {n / max(len(statused), 1):.2f}" for verb, n in during.most_common()))
+        writes = {k: n for k, n in idle_requests.items() if k.split()[0] in WRITES}
+        print(f"operator requests in the {args.idle} s idle window: {sum(idle_requests.values())} "
+              f"({', '.join(f'{k} {n}' for k, n in idle_requests.most_common()) or 'none'}); writes: {sum(writes.values())}")
+        print(f"load average: {os.getloadavg()}")
+        return 0 if len(statused) == total and not unexpected else 1
     finally:
         op.stop()
         cp.stop()

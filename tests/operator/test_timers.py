@@ -4,11 +4,18 @@ Before `owns_status`, kopf applied the timer's patch itself, outside any error h
 refused write (here, an A/B test's status without a required field) ended the policy's timer for
 good, silently. These tests use a real API server and the CRDs, on a control plane of their own: the
 session's operator would write the same statuses. The end-to-end A/B test in
-tests/e2e/test_rollout.py is the scenario that stalled."""
+tests/e2e/test_rollout.py is the scenario that stalled.
+
+And an idle operator makes no writes: with one resource of each kind waiting (runs that never
+start, a policy with no version, a schedule whose policy is missing), every timer keeps ticking
+and the API server's audit log shows the operator writing nothing."""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,12 +25,17 @@ import kopf
 import pytest
 from kubernetes import client, config
 
+from benchmarks.operator_load import KINDS, SPECS
 from substrate import kube
 from substrate.controlplane import ControlPlane
+from substrate.operatorproc import OperatorProcess
 from tunerag_operator import kubeapi
 from tunerag_operator.api.common import GROUP, VERSION
 from tunerag_operator.api.kinds import ROLLOUTPOLICY
 from tunerag_operator.handlers.timers import owns_status
+
+TEST_AGENT = "tunerag-test"
+WRITES = {"create", "update", "patch", "delete", "deletecollection"}
 
 
 def _policy(api: client.ApiClient, namespace: str) -> dict[str, Any]:
@@ -42,14 +54,19 @@ def _status(api: client.ApiClient, namespace: str) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     bin_dir = os.environ.get("TUNERAG_CONTROLPLANE_BIN")
-    with ControlPlane(tmp_path_factory.mktemp("timers"), bin_dir=Path(bin_dir) if bin_dir else None) as plane:
+    # An audit log of everyone's requests but the API server's own (the operator's are told apart
+    # from the test's by the User-Agent).
+    with ControlPlane(tmp_path_factory.mktemp("timers"), bin_dir=Path(bin_dir) if bin_dir else None,
+                      audit_rules=[{"level": "None", "users": ["system:apiserver"]}, {"level": "Metadata"}]) as plane:
         kube.install_crds(config.new_client_from_config(str(plane.kubeconfig)), kube.crd_documents(include_kserve=False))
         yield plane
 
 
 @pytest.fixture
 def api(plane: ControlPlane) -> client.ApiClient:
-    return config.new_client_from_config(str(plane.kubeconfig))
+    api = config.new_client_from_config(str(plane.kubeconfig))
+    api.user_agent = TEST_AGENT
+    return api
 
 
 @pytest.fixture
@@ -102,3 +119,43 @@ def test_a_status_write_for_an_object_gone_is_dropped(as_operator: None, api: cl
 
     tick(body=body, patch=kopf.Patch())  # no exception, nothing recreated
     assert not client.CustomObjectsApi(api).list_namespaced_custom_object(GROUP, VERSION, namespace, ROLLOUTPOLICY.plural)["items"]
+
+
+def _operator_writes(audit_log: Path, since: float, until: float) -> list[str]:
+    writes = []
+    for line in audit_log.read_text().splitlines():
+        event = json.loads(line)
+        at = dt.datetime.fromisoformat(event["requestReceivedTimestamp"].replace("Z", "+00:00")).timestamp()
+        if (event.get("userAgent", "").startswith(TEST_AGENT) or event["user"]["username"].startswith("system:")
+                or event["verb"] not in WRITES or not since <= at < until):
+            continue
+        ref = event.get("objectRef") or {}
+        writes.append(f"{event['verb']} {ref.get('resource')}/{ref.get('subresource', '')} {ref.get('name')}")
+    return writes
+
+
+def test_an_idle_operator_makes_no_writes(plane: ControlPlane, api: client.ApiClient, namespace: str, tmp_path: Path) -> None:
+    client.CoreV1Api(api).create_namespaced_secret(namespace, {"metadata": {"name": "db"}, "stringData": {"uri": "postgresql://x"}})
+    operator = OperatorProcess(plane.kubeconfig, tmp_path / "operator.log", extra_env={
+        "TUNERAG_PROGRESS_INTERVAL": "1", "TUNERAG_ROLLOUT_TICK": "1", "TUNERAG_ROLLOUT_RESYNC": "3",
+        "TUNERAG_SCHEDULE_TICK": "1", "TUNERAG_SCHEDULE_RECHECK": "3"})
+    operator.start()
+    try:
+        custom = client.CustomObjectsApi(api)
+        for plural, spec in SPECS.items():
+            custom.create_namespaced_custom_object(GROUP, VERSION, namespace, plural, {
+                "apiVersion": f"{GROUP}/{VERSION}", "kind": KINDS[plural], "metadata": {"name": f"{plural[:3]}-1"}, "spec": spec})
+
+        def all_statused() -> bool:
+            return all(item.get("status", {}).get("observedGeneration")
+                       for plural in SPECS for item in custom.list_namespaced_custom_object(GROUP, VERSION, namespace, plural)["items"])
+
+        kube.wait_for(all_statused, 60, "a status on every resource")
+        time.sleep(8)  # first passes done: Jobs created, conditions written
+        since = time.time()
+        time.sleep(12)  # four re-syncs of the policy and re-checks of the schedule, a dozen progress ticks
+        writes = _operator_writes(plane.audit_log, since, time.time())
+        assert operator.proc is not None and operator.proc.poll() is None, operator.tail()
+    finally:
+        operator.stop()
+    assert writes == [], f"an idle operator wrote {len(writes)} times: {writes[:10]}"

@@ -70,29 +70,14 @@ UNUSED: dict[Grant, str] = {
 }
 
 
-class AuditedControlPlane(ControlPlane):
-    """The control plane with an audit log of the ServiceAccount's requests (level Metadata)."""
-
-    @property
-    def audit_log(self) -> Path:
-        return self.workdir / "audit.log"
-
-    def apiserver_args(self, bin_dir: Path) -> list[str]:
-        policy = self.workdir / "audit-policy.yaml"
-        policy.write_text(yaml.safe_dump({
-            "apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"],
-            "rules": [{"level": "Metadata", "users": [SERVICE_ACCOUNT]}, {"level": "None"}],
-        }))
-        return [*super().apiserver_args(bin_dir), f"--audit-policy-file={policy}",
-                f"--audit-log-path={self.audit_log}", "--audit-log-format=json", "--audit-log-mode=blocking"]
-
-
 @pytest.fixture(scope="module")
-def rbac_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuditedControlPlane]:
+def rbac_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """The control plane with RBAC and an audit log of the ServiceAccount's requests (level Metadata)."""
     import os
 
     bin_dir = os.environ.get("TUNERAG_CONTROLPLANE_BIN")
-    plane = AuditedControlPlane(tmp_path_factory.mktemp("rbac"), rbac=True, bin_dir=Path(bin_dir) if bin_dir else None)
+    plane = ControlPlane(tmp_path_factory.mktemp("rbac"), rbac=True, bin_dir=Path(bin_dir) if bin_dir else None,
+                         audit_rules=[{"level": "Metadata", "users": [SERVICE_ACCOUNT]}, {"level": "None"}])
     with plane:
         admin = config.new_client_from_config(str(plane.kubeconfig))
         kube.install_crds(admin, kube.crd_documents(include_kserve=True), timeout=120)
@@ -150,7 +135,7 @@ def _phase(api: client.ApiClient, kind: str, name: str, phases: tuple[str, ...],
 @pytest.mark.cluster
 @pytest.mark.timeout(900)  # one control plane with KServe's CRDs (about 30 s), then every pipeline
 def test_operator_runs_every_pipeline_under_the_charts_rbac_and_uses_what_it_is_granted(
-    rbac_plane: AuditedControlPlane, helm: Helm, postgres: Postgres, pg_database: str,  # noqa: F811
+    rbac_plane: ControlPlane, helm: Helm, postgres: Postgres, pg_database: str,  # noqa: F811
     tmp_path: Path,
 ) -> None:
     admin = config.new_client_from_config(str(rbac_plane.kubeconfig))

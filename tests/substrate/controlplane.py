@@ -9,6 +9,7 @@ clone). Nothing here mocks the API: clients talk TLS to the upstream API server.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -21,6 +22,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import yaml
 
@@ -46,7 +48,8 @@ def free_port() -> int:
 @dataclass
 class ControlPlane:
     """etcd and kube-apiserver as child processes. `rbac` switches RBAC authorization on (else
-    AlwaysAllow); `pod_security` keeps the PodSecurity admission plugin on."""
+    AlwaysAllow); `pod_security` keeps the PodSecurity admission plugin on; `audit_rules` (an audit
+    Policy's rules) turns on a JSON audit log at `audit_log`."""
 
     workdir: Path
     rbac: bool = False
@@ -54,6 +57,7 @@ class ControlPlane:
     bin_dir: Path | None = None
     port: int = 0
     etcd_port: int = 0
+    audit_rules: list[dict[str, Any]] | None = None
     _etcd_peer_port: int = 0
     _procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
@@ -64,6 +68,10 @@ class ControlPlane:
     @property
     def kubeconfig(self) -> Path:
         return self.workdir / "kubeconfig"
+
+    @property
+    def audit_log(self) -> Path:
+        return self.workdir / "audit.log"
 
     def __enter__(self) -> ControlPlane:
         self.start()
@@ -134,7 +142,17 @@ class ControlPlane:
             "--allow-privileged=true",
             "--endpoint-reconciler-type=none",
             "--v=0",
+            *self._audit_args(),
         ]
+
+    def _audit_args(self) -> list[str]:
+        if self.audit_rules is None:
+            return []
+        policy = self.workdir / "audit-policy.json"
+        policy.write_text(json.dumps({"apiVersion": "audit.k8s.io/v1", "kind": "Policy",
+                                      "omitStages": ["RequestReceived"], "rules": self.audit_rules}))
+        return [f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}", "--audit-log-format=json",
+                "--audit-log-mode=blocking"]
 
     def _start_apiserver(self, bin_dir: Path) -> None:
         self._spawn("kube-apiserver", self.apiserver_args(bin_dir))

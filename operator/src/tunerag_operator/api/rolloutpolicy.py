@@ -223,7 +223,7 @@ class RolloutPolicyStatus(StatusBase):
     rollout_started_at: str | None = Field(default=None, description="When the current rollout started.")
     promoting: bool = Field(default=False, description="The candidate passed its steps and is being made the only version served.")
     parked: str | None = Field(default=None, description="Knative mode: the last rolled-back candidate, whose revision stays at 0% until the next rollout.")
-    last_sync: str | None = Field(default=None, description="When the InferenceService was last compared with the desired state.")
+    last_sync: str | None = Field(default=None, description="When a pass of the controller last changed the status (a pass that changes nothing writes nothing).")
     message: str | None = Field(default=None, description="What the rollout is doing or waiting for.")
     canary_weight: int | None = Field(default=None, description="Candidate traffic percentage.")
     failed_checks: int = Field(default=0, description="Failed analysis checks in this rollout.")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import time
 from typing import Any
 
 import kopf
@@ -24,6 +25,10 @@ from tunerag_operator.handlers.timers import owns_status
 from tunerag_operator.schedule import controller
 
 TICK = float(os.environ.get("TUNERAG_SCHEDULE_TICK", "5"))
+# A schedule whose references are missing (no RolloutPolicy, no feedback log) looks again this
+# often, not every tick: it waits for a user, and 1,000 of them must not poll the API server.
+RECHECK = float(os.environ.get("TUNERAG_SCHEDULE_RECHECK", "30"))
+WAITING = "tunerag_schedule_waiting"  # per-object memo: (generation, when) of a pass that found a reference missing
 QUIET = ("Running", "Scheduled", "Suspended", "Waiting")  # Ready reasons that are not worth a Warning
 
 
@@ -65,6 +70,9 @@ def schedule(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> N
         return
     if _settled(body, spec, now):
         return
+    waiting = memo.get(WAITING)
+    if waiting and waiting[0] == generation and time.monotonic() - waiting[1] < RECHECK:
+        return
     # The template is a FineTuneJob spec: its URIs and Secret are checked as a FineTuneJob's are.
     problems = finetunejob.check(spec.template, body.meta["namespace"])
     raw = {"metadata": dict(body.meta), "status": dict(body.status), "apiVersion": body.get("apiVersion"), "kind": body.get("kind")}
@@ -73,6 +81,9 @@ def schedule(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> N
     conds = set_condition(conds, "Accepted", accepted, reason, message, generation)  # type: ignore[arg-type]
     if accepted != "True":
         metrics.RECONCILE_ERRORS.labels(FINETUNESCHEDULE.kind, reason).inc()
+        memo[WAITING] = (generation, time.monotonic())
+    else:
+        memo.pop(WAITING, None)
     status, reason, message = outcome.ready
     conds = set_condition(conds, "Ready", status, reason, message, generation)  # type: ignore[arg-type]
     _write(body, patch, before, conds, outcome.status, generation)

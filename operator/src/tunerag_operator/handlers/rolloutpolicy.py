@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any
 
 import kopf
 from kubernetes import client
 from pydantic import ValidationError
 
-from tunerag_operator import durations, kubeapi, metrics, references
+from tunerag_operator import kubeapi, metrics, references
 from tunerag_operator.api.common import GROUP, VERSION
 from tunerag_operator.api.kinds import ADAPTERVERSION, ROLLOUTPOLICY, VECTORINDEX
 from tunerag_operator.api.rolloutpolicy import RolloutPolicySpec
@@ -69,17 +70,22 @@ def _family(namespace: str, family: str) -> list[dict[str, Any]]:
     return out
 
 
-def _settled(body: kopf.Body) -> bool:
+SYNCED = "tunerag_rollout_synced"  # per-object memo: when this operator last ran a full pass
+
+
+def _settled(body: kopf.Body, memo: kopf.Memo) -> bool:
     """Nothing to do but wait: no rollout on, the spec unchanged since the last pass, and that pass
-    recent. Such passes make no API calls; a new AdapterVersion is noticed at the next resync."""
+    (by this operator: the time is kept in memory, not written) recent. Such passes make no API
+    calls; a new AdapterVersion is noticed at the next resync."""
     st = body.status
+    synced = memo.get(SYNCED)
     return (not st.get("candidate") and st.get("phase") in ("Promoted", "RolledBack", "Idle")
             and st.get("observedGeneration") == body.meta.get("generation")
-            and st.get("lastSync") is not None and durations.since(st["lastSync"]) < RESYNC)
+            and synced is not None and time.monotonic() - synced < RESYNC)
 
 
 @kopf.timer(GROUP, VERSION, ROLLOUTPOLICY.plural, id="rollout", interval=TICK, sharp=False, backoff=max(TICK, 2.0))
-@owns_status(ROLLOUTPOLICY)
+@owns_status(ROLLOUTPOLICY, stamp="lastSync")
 def rollout(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     config = memo.get("config") or OperatorConfig.defaults()
     ns = body.meta["namespace"]
@@ -94,7 +100,7 @@ def rollout(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> No
         conds = set_condition(conds, "Ready", "False", "InvalidSpec", message, generation)
         _write(body, patch, before, conds, {"phase": "Failed"}, generation)
         return
-    if _settled(body):
+    if _settled(body, memo):
         return
     family = versions(_family(ns, spec.adapter_selector.family))
     problems = check(spec, ns, config.prometheus_allow)
@@ -116,15 +122,10 @@ def rollout(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> No
         return
     ready_status, reason, message = outcome.ready
     conds = set_condition(conds, "Ready", ready_status, reason, message, generation)  # type: ignore[arg-type]
-    fields = {**outcome.status, "lastSync": _now()}
+    fields = dict(outcome.status)
     fields.setdefault("phase", body.status.get("phase") or "Idle")
     _write(body, patch, before, conds, fields, generation)
-
-
-def _now() -> str:
-    from tunerag_operator.conditions import now
-
-    return now()
+    memo[SYNCED] = time.monotonic()
 
 
 def _write(body: kopf.Body, patch: kopf.Patch, before: list[dict[str, Any]], conds: list[dict[str, Any]],

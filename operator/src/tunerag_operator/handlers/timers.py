@@ -9,6 +9,10 @@ moving: this is how A/B tests used to stall after their first pass.
 `owns_status` makes a timer write its status itself, merge-patching the status subresource
 inside a try: a refusal is logged with the API server's message and shown on the object as
 `Ready=False`, reason `StatusRejected` (a bug to report), and the timer goes on at its next tick.
+
+It also writes only what changes: timers run every few seconds on every object, and a pass that
+leaves the status as it is must not write (an idle operator makes no writes; 1,000 policies
+re-writing an unchanged status each tick are 200 etcd writes a second for nothing).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import functools
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
@@ -25,7 +29,7 @@ from kubernetes.client.exceptions import ApiException
 
 from tunerag_operator import kubeapi
 from tunerag_operator.api.kinds import Kind
-from tunerag_operator.conditions import set_condition
+from tunerag_operator.conditions import now, set_condition
 
 log = logging.getLogger(__name__)
 Handler = Callable[..., Any]
@@ -67,9 +71,21 @@ def write_status(kind: Kind, body: kopf.Body, status: dict[str, Any]) -> None:
         log.error("%s %s/%s: could not report the refused status write either: %s", kind.kind, namespace, name, kubeapi.api_message(exc))
 
 
-def owns_status(kind: Kind) -> Callable[[Handler], Handler]:
+LAST_WRITTEN = "tunerag_status_written"  # per-object memo: the status fields this timer last wrote
+
+
+def changes(status: dict[str, Any], *views: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of `status` that differ from any of `views` (what the object is known to hold:
+    the body kopf passed, and what this timer last wrote, in case the watch has not delivered that
+    write yet). Equal fields are no-ops of a merge patch."""
+    return {k: v for k, v in status.items() if any(view.get(k) != v for view in views)}
+
+
+def owns_status(kind: Kind, *, stamp: str | None = None) -> Callable[[Handler], Handler]:
     """Decorates a sync kopf timer: what it leaves in `patch.status` is written by `write_status`
-    rather than by kopf (other parts of the patch, if any, are still kopf's)."""
+    rather than by kopf (other parts of the patch, if any, are still kopf's), and only the fields
+    that change; nothing when none does. `stamp` names a status field set to the time of each
+    write that changes something."""
 
     def decorate(fn: Handler) -> Handler:
         @functools.wraps(fn)
@@ -78,8 +94,15 @@ def owns_status(kind: Kind) -> Callable[[Handler], Handler]:
                 return fn(*args, body=body, patch=patch, **kwargs)
             finally:
                 status = patch.pop("status", None)
-                if status:
-                    write_status(kind, body, dict(status))
+                memo = kwargs.get("memo")
+                written: dict[str, Any] = (memo.get(LAST_WRITTEN) if memo is not None else None) or {}
+                changed = changes(finite(dict(status or {})), body.status, written)
+                if changed:
+                    if stamp:
+                        changed[stamp] = now()
+                    write_status(kind, body, changed)
+                    if memo is not None:
+                        memo[LAST_WRITTEN] = {**written, **changed}
 
         return timer
 
