@@ -77,12 +77,13 @@ def contextlib_suppress_stream(stream: Any) -> Any:
 
 # What each kind reaches here: the specs reference what exists (the Secret) and what does not
 # (files, an InferenceService, KServe's CRDs), and no Job runs.
+# A schedule names `rol-0`, which lives in the first namespace only and logs no feedback.
 EXPECTED: dict[str, set[tuple[str, str]]] = {
     "finetunejobs": {("Pending", "Accepted")},
-    "adapterversions": {("Verifying", "Accepted")},
+    "adapterversions": {("Pending", "Accepted")},
     "vectorindexes": {("Indexing", "Accepted")},
-    "rolloutpolicies": {("Pending", "Accepted")},
-    "finetuneschedules": {("Idle", "Accepted")},
+    "rolloutpolicies": {("Idle", "Accepted")},
+    "finetuneschedules": {("Pending", "FeedbackNotConfigured"), ("Pending", "RolloutPolicyNotFound")},
 }
 
 

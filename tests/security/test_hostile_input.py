@@ -137,6 +137,8 @@ REFUSED: list[tuple[str, str, str, list[str]]] = [
     ("family-command-substitution", "AdapterVersion", 'family: "$(id)"', ["spec.family", "should match"]),
     # Oversized fields and lists.
     ("include-too-many", "VectorIndex", f"source.include: {json.dumps(['*.md'] * 65)}", ["spec.source.include", "Too many", "64"]),
+    ("include-glob-100k", "VectorIndex", f"source.include: {json.dumps(['*a' * 50_000])}", ["spec.source.include[0]", "Too long", "512"]),
+    ("exclude-glob-empty", "VectorIndex", 'source.exclude: [""]', ["spec.source.exclude[0]", "at least 1"]),
     ("model-too-long", "VectorIndex", f'embedding.model: "{"m" * 513}"', ["spec.embedding.model", "Too long", "512"]),
     ("target-modules-too-many", "FineTuneJob", f"method.lora.targetModules: {json.dumps(['q_proj'] * 65)}",
      ["spec.method.lora.targetModules", "Too many"]),

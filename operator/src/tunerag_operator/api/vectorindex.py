@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field
 
@@ -21,6 +21,10 @@ Format = Literal["text", "markdown", "html", "pdf"]
 FORMATS: tuple[Format, ...] = ("text", "markdown", "html", "pdf")
 
 
+# A glob is matched against every path of the source: bounded, so a spec cannot make a run spend
+# its time in pattern matching.
+Glob = Annotated[str, Field(min_length=1, max_length=512)]
+
 class Source(ApiModel):
     """Where the documents are."""
 
@@ -30,8 +34,8 @@ class Source(ApiModel):
 
     uri: Uri | None = None
     config_map: ResourceRef | None = Field(default=None, description="A ConfigMap whose keys are documents.")
-    include: list[str] = Field(default_factory=lambda: ["**/*"], max_length=64, description="Glob patterns of files to index.")
-    exclude: list[str] = Field(default_factory=list, max_length=64, description="Glob patterns of files to skip.")
+    include: list[Glob] = Field(default_factory=lambda: ["**/*"], max_length=64, description="Glob patterns of files to index.")
+    exclude: list[Glob] = Field(default_factory=list, max_length=64, description="Glob patterns of files to skip.")
     formats: list[Format] = Field(default_factory=lambda: list(FORMATS), description="Formats to read; others are skipped.")
 
 
