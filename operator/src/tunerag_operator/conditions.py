@@ -10,6 +10,15 @@ Status = Literal["True", "False", "Unknown"]
 Conditions = list[dict[str, Any]]
 
 
+def printable(text: str) -> str:
+    """`text` with control and format characters (terminal escapes, bidi overrides, NUL) written
+    as escapes: condition and Event messages quote file names and workload output, and kubectl
+    prints them to a terminal as they are. Newlines are kept."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() or ch == "\n" else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
 def now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -36,13 +45,13 @@ def set_condition(
             "type": type_,
             "status": status,
             "reason": reason,
-            "message": message,
+            "message": printable(message),
             "lastTransitionTime": now() if changed else cond.get("lastTransitionTime", now()),
             "observedGeneration": generation,
         })
     if not found:
         out.append({
-            "type": type_, "status": status, "reason": reason, "message": message,
+            "type": type_, "status": status, "reason": reason, "message": printable(message),
             "lastTransitionTime": now(), "observedGeneration": generation,
         })
     return out

@@ -6,14 +6,16 @@ from typing import Any, cast
 
 import kopf
 
+from tunerag_operator.conditions import printable
+
 
 def _body(obj: dict[str, Any]) -> kopf.Body:
     return cast(kopf.Body, {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "metadata": obj["metadata"]})
 
 
 def info(obj: dict[str, Any], reason: str, message: str) -> None:
-    kopf.info(_body(obj), reason=reason, message=message[:1024])
+    kopf.info(_body(obj), reason=reason, message=printable(message)[:1024])
 
 
 def warn(obj: dict[str, Any], reason: str, message: str) -> None:
-    kopf.warn(_body(obj), reason=reason, message=message[:1024])
+    kopf.warn(_body(obj), reason=reason, message=printable(message)[:1024])
