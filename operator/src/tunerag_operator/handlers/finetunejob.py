@@ -20,6 +20,8 @@ from tunerag_operator.references import Problem
 from tunerag_operator.render.workload import Owner, WorkloadRun, run_name
 from tunerag_operator.runstate import RunState
 
+# Condition set while the workload retries a failing artifact store; True again once published.
+ARTIFACT_STORE = "ArtifactStore"
 ACTIVE = ("Pending", "ValidatingData", "Training", "Evaluating", "Publishing")
 # How often a running pod's log is read for progress (seconds).
 PROGRESS_INTERVAL = float(os.environ.get("TUNERAG_PROGRESS_INTERVAL", "5"))
@@ -100,6 +102,9 @@ def observe_run(namespace: str, name: str, job_name: str, state: RunState) -> No
                    "metrics": {k: float(v) for k, v in (result.get("metrics") or {}).items() if isinstance(v, int | float)}}
         if result.get("reportUri"):
             update["reportUri"] = result["reportUri"]
+        if any(c.get("type") == ARTIFACT_STORE and c.get("status") == "False" for c in conds):
+            conds = set_condition(conds, ARTIFACT_STORE, "True", "ArtifactStoreAvailable",
+                                  "The artifact store answered again; the adapter was published in full.", generation)
         if failed:
             gates = "; ".join(f"{g['name']} {g['value']:.4g} vs {g['threshold']:.4g}" for g in failed)
             update["phase"] = "Rejected"
@@ -125,11 +130,22 @@ def observe_run(namespace: str, name: str, job_name: str, state: RunState) -> No
 @kopf.timer(GROUP, VERSION, FINETUNEJOB.plural, interval=PROGRESS_INTERVAL, idle=None,
             when=lambda status, **_: status.get("phase") in ACTIVE and bool(status.get("jobName")))
 @owns_status(FINETUNEJOB)
-def report_progress(namespace: str | None, status: kopf.Status, patch: kopf.Patch, **_: Any) -> None:
-    """Copies the running pod's latest progress record into status.progress and the phase."""
+def report_progress(namespace: str | None, status: kopf.Status, patch: kopf.Patch, body: kopf.Body, **_: Any) -> None:
+    """Copies the running pod's latest progress record into status.progress and the phase; a
+    failing artifact store (the workload retrying a write) becomes the ArtifactStore condition and a
+    Warning Event, once per retry."""
     record = runs.progress(str(namespace), str(status["jobName"]))
     if not record:
         return
+    if record.get("event") in ("storeRetry", "storeFailed"):
+        then = (f"retry {record.get('attempt')} in {record.get('delaySeconds')}s" if record["event"] == "storeRetry"
+                else f"gave up after {record.get('attempt')} attempts in this pod; the Job's retry takes over")
+        message = f"The artifact store failed to {record.get('what')}: {record.get('message')}; {then}."
+        conds = status.get("conditions") or []
+        if not any(c.get("type") == ARTIFACT_STORE and c.get("message") == message for c in conds):
+            patch.status["conditions"] = set_condition(conds, ARTIFACT_STORE, "False", "ArtifactStoreUnavailable",
+                                                       message, body.meta.get("generation"))
+            kopf.warn(body, reason="ArtifactStoreUnavailable", message=message[:1024])
     patch.status["progress"] = {k: record[k] for k in ("step", "totalSteps", "loss", "tokensPerSecond", "etaSeconds")
                                 if record.get(k) is not None}
     if (phase := record.get("phase")) in ACTIVE and phase != status.get("phase"):

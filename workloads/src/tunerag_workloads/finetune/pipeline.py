@@ -34,7 +34,7 @@ from tunerag_workloads.finetune import distributed, evaluate
 from tunerag_workloads.finetune.data import prepare_all
 from tunerag_workloads.finetune.publish import MANIFEST, build_manifest, model_card
 from tunerag_workloads.finetune.spec import FineTuneSpec, parse_spec
-from tunerag_workloads.finetune.storage import Store
+from tunerag_workloads.finetune.storage import Store, retrying
 from tunerag_workloads.finetune.train import load_model, load_tokenizer, resolve_model_path, train
 
 EVAL_BATCH = 8
@@ -147,7 +147,10 @@ def run_pipeline(request: dict[str, Any], work_dir: Path | None = None) -> dict[
             metrics=rounded, gates=gates, verdict=verdict, run_id=run_id))
         manifest = build_manifest(adapter_dir)
         (adapter_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        adapter_uri = run.put_folder(adapter_dir, "adapter", marker=MANIFEST)
+        # The manifest goes up last, after every file is checked: its presence means complete. A
+        # failing store is retried with backoff (reported as progress); nothing registers the
+        # adapter before this returns.
+        adapter_uri = retrying("publish the adapter", lambda: run.put_folder(adapter_dir, "adapter", marker=MANIFEST))
 
         quantized: dict[str, Any] | None = None
         if spec.output.quantize is not None and verdict == "Validated":
@@ -188,7 +191,7 @@ def run_pipeline(request: dict[str, Any], work_dir: Path | None = None) -> dict[
     if not write_html_report(run, full, {k: r.full() for k, r in data.reports.items()}):
         result.pop("reportUri")
         full.pop("reportUri")
-    run.write_json("report.json", full)
+    retrying("write report.json", lambda: run.write_json("report.json", full))
     report_progress(phase="Succeeded" if verdict == "Validated" else "Rejected", step=outcome.steps,
                     totalSteps=outcome.total_steps)
     return shrink(result)

@@ -3,22 +3,65 @@
 A folder (checkpoint, adapter) is complete when its marker file exists. The marker is written last:
 on a local or mounted filesystem the folder is assembled under a temporary name and renamed into
 place (atomic on POSIX), on object stores the files are uploaded and the marker is uploaded last.
-Readers only trust folders that have their marker.
+Readers only trust folders that have their marker. On object stores every uploaded file's size is
+checked before the marker goes up, and `retrying` runs a publication again, with exponential backoff,
+while the store fails (each retry is a progress event), so an outage of the store during publishing
+delays the run instead of failing it or leaving a folder that looks complete.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from tunerag_workloads.contract import WorkloadError, resolve_uri
+from tunerag_workloads.contract import WorkloadError, report_progress, resolve_uri
+
+T = TypeVar("T")
+
+
+def retry_budget() -> float:
+    """Seconds a publication keeps retrying a failing store ($TUNERAG_STORE_RETRY_BUDGET_SECONDS,
+    default 600); past it the error ends the pod and the Job's retry takes over."""
+    return float(os.environ.get("TUNERAG_STORE_RETRY_BUDGET_SECONDS", "600"))
+
+
+def retrying(what: str, fn: Callable[[], T], *, phase: str = "Publishing", base: float = 1.0, cap: float = 30.0,
+             budget: float | None = None) -> T:
+    """`fn()`, run again after base * 2^n seconds (capped, jittered) while it raises anything but a
+    WorkloadError, until `budget` seconds have passed; then the last error is raised. Each retry is a
+    progress record (event storeRetry: what failed, the error, the attempt and the delay), and a
+    success after retries one more (event storeRecovered)."""
+    deadline = time.monotonic() + (retry_budget() if budget is None else budget)
+    attempt = 0
+    while True:
+        try:
+            value = fn()
+        except WorkloadError:
+            raise
+        except Exception as exc:  # fsspec backends raise many types (OSError, botocore, aiohttp)
+            attempt += 1
+            delay = min(cap, base * 2 ** (attempt - 1)) * random.uniform(0.8, 1.2)
+            if time.monotonic() + delay > deadline:
+                report_progress(phase=phase, event="storeFailed", attempt=attempt, what=what,
+                                message=f"{type(exc).__name__}: {exc}"[:500])
+                raise
+            report_progress(phase=phase, event="storeRetry", attempt=attempt, what=what,
+                            delaySeconds=round(delay, 1), message=f"{type(exc).__name__}: {exc}"[:500])
+            time.sleep(delay)
+            continue
+        if attempt:
+            report_progress(phase=phase, event="storeRecovered", attempts=attempt + 1, what=what)
+        return value
 
 
 class Store:
@@ -90,11 +133,19 @@ class Store:
             else:
                 os.replace(tmp, dest)
         else:
+            # An earlier attempt's copy goes first, marker included: until this attempt's marker is
+            # up, nothing here claims to be complete.
+            self.fs.invalidate_cache(dest)
             if self.fs.exists(dest):
                 self.fs.rm(dest, recursive=True)
-            for f in sorted(local_dir.iterdir()):
-                if f.name != marker:
-                    self.fs.put_file(str(f), f"{dest}/{f.name}")
+            files = [f for f in sorted(local_dir.iterdir()) if f.name != marker]
+            for f in files:
+                self.fs.put_file(str(f), f"{dest}/{f.name}")
+            self.fs.invalidate_cache(dest)
+            for f in files:  # what the store holds now is what was sent, before the marker says so
+                stored = self.fs.info(f"{dest}/{f.name}").get("size")
+                if stored != f.stat().st_size:
+                    raise OSError(f"{self.uri_of(rel)}/{f.name} holds {stored} bytes, not {f.stat().st_size}")
             self.fs.put_file(str(local_dir / marker), f"{dest}/{marker}")
         return self.uri_of(rel)
 
