@@ -333,7 +333,7 @@ def measure(args: argparse.Namespace, model: Any, cached: CachedModel, docs: lis
         by_doc: dict[str, list[Any]] = {}
         for r in rows:
             by_doc.setdefault(r[0], []).append(r)
-        items = [WriteItem(d, "h", "markdown", [(r[1], r[2], r[3], r[4]) for r in rs], np.stack([np.asarray(r[5].to_numpy()) for r in rs]))
+        items = [WriteItem(d, "h", "markdown", [(r[1], r[2], r[3], r[4]) for r in rs], np.stack([np.asarray(r[5], dtype=np.float32) for r in rs]))
                  for d, rs in by_doc.items()]
         for s in range(0, len(items), 200):
             store.write_batch(version, items[s:s + 200])
