@@ -77,7 +77,7 @@ def rbac_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlan
 
     bin_dir = os.environ.get("TUNERAG_CONTROLPLANE_BIN")
     plane = ControlPlane(tmp_path_factory.mktemp("rbac"), rbac=True, bin_dir=Path(bin_dir) if bin_dir else None,
-                         audit_rules=[{"level": "Metadata", "users": [SERVICE_ACCOUNT]}, {"level": "None"}])
+                         audit_rules=[{"level": "Metadata", "userGroups": ["system:serviceaccounts"]}, {"level": "None"}])
     with plane:
         admin = config.new_client_from_config(str(plane.kubeconfig))
         kube.install_crds(admin, kube.crd_documents(include_kserve=True), timeout=120)
@@ -92,13 +92,13 @@ def _granted(docs: list[dict[str, Any]]) -> set[Grant]:
     return out
 
 
-def _audit(path: Path) -> tuple[set[Grant], list[str]]:
+def _audit(path: Path, user: str = SERVICE_ACCOUNT) -> tuple[set[Grant], list[str]]:
     """What the ServiceAccount did, and every request it was refused."""
     used: set[Grant] = set()
     forbidden: list[str] = []
     for line in path.read_text().splitlines():
         event = json.loads(line)
-        if event["user"]["username"] != SERVICE_ACCOUNT or "objectRef" not in event:
+        if event["user"]["username"] != user or "objectRef" not in event:
             continue
         if event["objectRef"].get("apiGroup") == "authorization.k8s.io":
             continue  # the test's own access reviews
@@ -238,3 +238,67 @@ def _pipelines(admin: client.ApiClient, runner: JobRunner, pg_database: str, tmp
     client.CustomObjectsApi(admin).delete_namespaced_custom_object(GROUP, VERSION, TEAM, "vectorindexes", "handbook")
     wait_for(lambda: "handbook" not in {i["metadata"]["name"] for i in client.CustomObjectsApi(admin).list_namespaced_custom_object(
         GROUP, VERSION, TEAM, "vectorindexes")["items"]}, 180, "the VectorIndex to be dropped and deleted", interval=0.5)
+
+
+NS_RELEASE, NS_RELEASE_NS, NS_TEAM = "ns", "tunerag-ns", "team-ns"
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(600)
+def test_a_namespaced_install_runs_under_its_roles_with_peering(
+    rbac_plane: ControlPlane, helm: Helm, pg_database: str, tmp_path: Path,  # noqa: F811
+) -> None:
+    """The chart with `watchNamespaces` (Roles in the watched namespace, no ClusterRole for the
+    tunerag kinds) and peering on, as it is installed: the operator under its token indexes a
+    VectorIndex that waits for its Secret, and creates a RolloutPolicy's InferenceService, with
+    no request refused."""
+    admin = config.new_client_from_config(str(rbac_plane.kubeconfig))
+    core = client.CoreV1Api(admin)
+    for ns in (NS_RELEASE_NS, NS_TEAM):
+        kube.create_namespace(admin, ns)
+    docs = helm.render("--set", f"watchNamespaces={{{NS_TEAM}}}", namespace=NS_RELEASE_NS, release=NS_RELEASE)
+    peering = [d for d in docs if d["kind"] == "CustomResourceDefinition" and d["spec"]["group"] == "kopf.dev"]
+    kube.install_crds(admin, peering)
+    rbac = [d for d in docs if d["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")]
+    _apply(rbac_plane.kubeconfig, rbac)
+    (sa,) = [d["metadata"]["name"] for d in rbac if d["kind"] == "ServiceAccount"]
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    env = {e["name"]: e["value"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"] if "value" in e}
+    assert env["TUNERAG_NAMESPACES"] == NS_TEAM and env.get("TUNERAG_PEERING"), env
+    token = core.create_namespaced_service_account_token(sa, NS_RELEASE_NS, {"spec": {"expirationSeconds": 3600}}).status.token
+    kubeconfig = rbac_plane.token_kubeconfig(token, tmp_path / "operator-kubeconfig")
+
+    with JobRunner(admin, namespaces={NS_TEAM}, workdir=tmp_path / "jobrunner", env_overrides=runner_env()) as runner:
+        operator = OperatorProcess(kubeconfig, tmp_path / "operator.log", extra_env={
+            "TUNERAG_NAMESPACES": NS_TEAM, "TUNERAG_PEERING": env["TUNERAG_PEERING"], "POD_ID": "ns-operator-0",
+            "TUNERAG_RETRY_DELAY": "2", "TUNERAG_PROGRESS_INTERVAL": "1", "TUNERAG_ROLLOUT_TICK": "1"})
+        operator.start()
+        try:
+            core.create_namespaced_persistent_volume_claim(NS_TEAM, {"metadata": {"name": "docs"}, "spec": {
+                "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})
+            write_docs(runner.claim_path(NS_TEAM, "docs") / "handbook")
+            client.CustomObjectsApi(admin).create_namespaced_custom_object(
+                GROUP, VERSION, NS_TEAM, "vectorindexes", manifest("VectorIndex", "handbook", vectorindex_spec()))
+            wait_for(lambda: any(e.reason == "SecretNotFound" for e in core.list_namespaced_event(NS_TEAM).items), 60,
+                     "SecretNotFound")
+            core.create_namespaced_secret(NS_TEAM, {"metadata": {"name": "db"}, "data": {
+                "uri": base64.b64encode(pg_database.encode()).decode()}})
+            client.CustomObjectsApi(admin).create_namespaced_custom_object(GROUP, VERSION, NS_TEAM, "rolloutpolicies", manifest(
+                "RolloutPolicy", "colors", {"target": {"inferenceService": "colors", "baseModel": "file:///models/base"},
+                                            "adapterSelector": {"family": "colors", "version": 1}}))
+
+            def status(plural: str, name: str) -> dict[str, Any]:
+                obj = client.CustomObjectsApi(admin).get_namespaced_custom_object(GROUP, VERSION, NS_TEAM, plural, name)
+                return obj.get("status") or {}  # type: ignore[no-any-return]
+
+            wait_for(lambda: status("vectorindexes", "handbook").get("phase") == "Ready", 240, "the VectorIndex Ready", interval=0.5)
+            wait_for(lambda: status("rolloutpolicies", "colors").get("conditions"), 60, "the RolloutPolicy's status")
+        finally:
+            operator.stop()
+        log = operator.log_path.read_text(errors="replace")
+
+    _, forbidden = _audit(rbac_plane.audit_log, f"system:serviceaccount:{NS_RELEASE_NS}:{sa}")
+    assert not forbidden, forbidden
+    refusals = [line for line in log.splitlines() if "(403)" in line or "Forbidden" in line]
+    assert not refusals, refusals[:5]
+    assert "Resuming operations" in log  # it took the lead through the namespace's KopfPeering

@@ -69,5 +69,10 @@ def configure_peering(settings: kopf.OperatorSettings, cfg: OperatorConfig) -> N
 def _startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     configure(settings)
     cfg = memo.get("config") or OperatorConfig.defaults()
+    if not cfg.clusterwide:
+        # Watched namespaces are exact names: serve them as given. Scanning would list and watch
+        # Namespaces, which a namespaced install does not grant (kopf falls back after a 403 and
+        # retries the list, filling the audit log with refusals).
+        settings.scanning.disabled = True
     if cfg.peering:
         configure_peering(settings, cfg)
