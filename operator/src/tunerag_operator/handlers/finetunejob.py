@@ -11,7 +11,7 @@ from tunerag_operator import durations, events, kubeapi, metrics, references, re
 from tunerag_operator.api.common import GROUP, VERSION
 from tunerag_operator.api.finetunejob import FineTuneJobSpec
 from tunerag_operator.api.kinds import FINETUNEJOB
-from tunerag_operator.conditions import now, set_condition
+from tunerag_operator.conditions import now, printable, set_condition
 from tunerag_operator.config import OperatorConfig
 from tunerag_operator.handlers import runs
 from tunerag_operator.handlers.base import register
@@ -140,12 +140,12 @@ def report_progress(namespace: str | None, status: kopf.Status, patch: kopf.Patc
     if record.get("event") in ("storeRetry", "storeFailed"):
         then = (f"retry {record.get('attempt')} in {record.get('delaySeconds')}s" if record["event"] == "storeRetry"
                 else f"gave up after {record.get('attempt')} attempts in this pod; the Job's retry takes over")
-        message = f"The artifact store failed to {record.get('what')}: {record.get('message')}; {then}."
+        message = printable(f"The artifact store failed to {record.get('what')}: {record.get('message')}; {then}.")
         conds = status.get("conditions") or []
         if not any(c.get("type") == ARTIFACT_STORE and c.get("message") == message for c in conds):
             patch.status["conditions"] = set_condition(conds, ARTIFACT_STORE, "False", "ArtifactStoreUnavailable",
                                                        message, body.meta.get("generation"))
-            kopf.warn(body, reason="ArtifactStoreUnavailable", message=message[:1024])
+            events.warn(dict(body), "ArtifactStoreUnavailable", message)
     patch.status["progress"] = {k: record[k] for k in ("step", "totalSteps", "loss", "tokensPerSecond", "etaSeconds")
                                 if record.get(k) is not None}
     if (phase := record.get("phase")) in ACTIVE and phase != status.get("phase"):
