@@ -31,7 +31,7 @@ T = TypeVar("T")
 
 def retry_budget() -> float:
     """Seconds a publication keeps retrying a failing store ($TUNERAG_STORE_RETRY_BUDGET_SECONDS,
-    default 600); past it the error ends the pod and the Job's retry takes over."""
+    default 600); past it the pod ends as retryable (exit code 3) and the Job's retry takes over."""
     return float(os.environ.get("TUNERAG_STORE_RETRY_BUDGET_SECONDS", "600"))
 
 
@@ -40,7 +40,8 @@ def retrying(what: str, fn: Callable[[], T], *, phase: str = "Publishing", base:
     """`fn()`, run again after base * 2^n seconds (capped, jittered) while it raises anything but a
     WorkloadError, until `budget` seconds have passed; then the last error is raised. Each retry is a
     progress record (event storeRetry: what failed, the error, the attempt and the delay), and a
-    success after retries one more (event storeRecovered)."""
+    success after retries one more (event storeRecovered). Past the budget: a retryable
+    WorkloadError ArtifactStoreUnreachable."""
     deadline = time.monotonic() + (retry_budget() if budget is None else budget)
     attempt = 0
     while True:
@@ -54,7 +55,11 @@ def retrying(what: str, fn: Callable[[], T], *, phase: str = "Publishing", base:
             if time.monotonic() + delay > deadline:
                 report_progress(phase=phase, event="storeFailed", attempt=attempt, what=what,
                                 message=f"{type(exc).__name__}: {exc}"[:500])
-                raise
+                # Transient, not the user's: exit code 3, and the Job's next pod resumes from the
+                # checkpoint; when the Job's retries are spent too, the run fails with this reason.
+                raise WorkloadError("ArtifactStoreUnreachable",
+                                    f"the artifact store failed to {what} {attempt} times: {type(exc).__name__}: {exc}"[:1000],
+                                    retryable=True) from exc
             report_progress(phase=phase, event="storeRetry", attempt=attempt, what=what,
                             delaySeconds=round(delay, 1), message=f"{type(exc).__name__}: {exc}"[:500])
             time.sleep(delay)
