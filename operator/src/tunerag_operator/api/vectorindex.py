@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import ConfigDict, Field
 
 from tunerag_operator.api.common import (
+    DNS_SUBDOMAIN,
     SQL_IDENTIFIER,
     ApiModel,
     Duration,
@@ -37,6 +38,7 @@ class Source(ApiModel):
     include: list[Glob] = Field(default_factory=lambda: ["**/*"], max_length=64, description="Glob patterns of files to index.")
     exclude: list[Glob] = Field(default_factory=list, max_length=64, description="Glob patterns of files to skip.")
     formats: list[Format] = Field(default_factory=lambda: list(FORMATS), description="Formats to read; others are skipped.")
+    credentials_secret: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, max_length=253, description="Secret (same namespace) whose keys become the indexing pods' environment for an object-store source, e.g. AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL. Without it the pods use what their node or ServiceAccount provides.")
 
 
 class Chunking(ApiModel):

@@ -28,6 +28,8 @@ def check(spec: VectorIndexSpec, namespace: str) -> list[Problem]:
         problems += references.configmap(namespace, spec.source.config_map.name, "spec.source.configMap")
     if spec.source.uri is not None:
         problems += references.uri(namespace, spec.source.uri, "spec.source.uri")
+    if spec.source.credentials_secret:
+        problems += references.secret(namespace, spec.source.credentials_secret, "spec.source.credentialsSecret")
     return problems
 
 
@@ -54,6 +56,7 @@ def workload_run(
         suffix=suffix, backoff_limit=0 if drop else 3,
         spec=spec.model_dump(mode="json", exclude_none=True), image=spec.resources.image or image,
         resources=spec.resources, claims=claims, env=_db_env(spec),
+        env_from_secret=None if drop else spec.source.credentials_secret,
         source_config_map=spec.source.config_map.name if spec.source.config_map else None,
         completions=spec.parallelism if sharded else None,
         labels={INDEX_STEP: "shards"} if sharded else {},
