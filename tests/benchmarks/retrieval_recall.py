@@ -149,7 +149,7 @@ class Cache:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.index: dict[str, int] = {}
-        self.vectors = np.zeros((0, 384), dtype=np.float32)
+        self.vectors: np.ndarray = np.zeros((0, 384), dtype=np.float32)
         if (folder / "keys.json").exists() and (folder / "vectors.npy").exists():
             keys = json.loads((folder / "keys.json").read_text())
             self.vectors = np.load(folder / "vectors.npy")
@@ -196,7 +196,8 @@ class CachedModel:
             self.misses += len(missing)
             self._cache.add(missing, np.asarray(self._model.encode(
                 missing, batch_size=batch_size, normalize_embeddings=normalize_embeddings, **kwargs), dtype=np.float32))
-        return np.stack([self._cache.get(t) for t in texts])
+        out: np.ndarray = np.stack([self._cache.get(t) for t in texts])
+        return out
 
 
 class QueryModel:
@@ -206,7 +207,8 @@ class QueryModel:
         self.vectors = vectors
 
     def encode(self, texts: list[str], **kwargs: Any) -> np.ndarray:
-        return np.stack([self.vectors[t] for t in texts])
+        out: np.ndarray = np.stack([self.vectors[t] for t in texts])
+        return out
 
 
 def chunk_stream(docs: list[tuple[str, str]], counter: Any, size: int, overlap: int) -> Iterator[tuple[int, list[str]]]:
