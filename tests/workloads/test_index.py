@@ -118,7 +118,10 @@ def test_chunking_change_builds_a_new_version_and_switches_readers_atomically(
             counts_during.append(reader.execute("SELECT count(*) FROM public.docs").fetchone()[0])
         hits = search(pg_database, "public", "docs", "Which moons orbit Jupiter?", k=2, model=minilm)
         seen_during.append({h.table_version for h in hits})
+        hits = search(kept, "public", "docs", "Which moons orbit Jupiter?", k=2, model=minilm)  # the live version cached
+        seen_during.append({h.table_version for h in hits})
 
+    kept = psycopg.connect(pg_database, autocommit=True)  # a reader that reuses its connection, as the server does
     second = run_index(index_kit.index_spec(source, size=24, overlap=4), db_uri=pg_database, model=minilm, on_batch=during_rebuild)
 
     assert second["rebuilt"] and second["tableVersion"] == "docs_v2" and second["previousVersion"] == "docs_v1"
@@ -133,6 +136,9 @@ def test_chunking_change_builds_a_new_version_and_switches_readers_atomically(
         assert versions == [("docs_v2", "live")]
         assert conn.execute("SELECT count(DISTINCT version) FROM public.docs_documents").fetchone()[0] == 1
     hits = search(pg_database, "public", "docs", "Which moons orbit Jupiter?", k=1, model=minilm)
+    assert hits[0].table_version == "docs_v2" and hits[0].document == "web/astronomy.html"
+    with kept:  # its cached version was switched away: noticed, read again, answered from the new one
+        hits = search(kept, "public", "docs", "Which moons orbit Jupiter?", k=1, model=minilm)
     assert hits[0].table_version == "docs_v2" and hits[0].document == "web/astronomy.html"
 
 
