@@ -134,6 +134,9 @@ def test_chunking_change_builds_a_new_version_and_switches_readers_atomically(
         assert conn.execute("SELECT to_regclass('public.docs_v1')").fetchone()[0] is None  # old version dropped
         versions = conn.execute("SELECT table_name, state FROM public.docs_versions").fetchall()
         assert versions == [("docs_v2", "live")]
+        # vectors kept in the row (MAIN), not in TOAST (pgvector's EXTERNAL): scans read no TOAST row per distance
+        assert conn.execute("SELECT attstorage FROM pg_attribute WHERE attrelid = 'public.docs_v2'::regclass "
+                            "AND attname = 'embedding'").fetchone()[0] == "m"
         assert conn.execute("SELECT count(DISTINCT version) FROM public.docs_documents").fetchone()[0] == 1
     hits = search(pg_database, "public", "docs", "Which moons orbit Jupiter?", k=1, model=minilm)
     assert hits[0].table_version == "docs_v2" and hits[0].document == "web/astronomy.html"

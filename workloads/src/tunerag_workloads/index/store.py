@@ -263,6 +263,9 @@ class Store:
         return dropped
 
     def create_table(self, table: str, dimension: int) -> None:
+        exists = self.conn.execute("SELECT to_regclass(%s)", [sql.Identifier(self.schema, table).as_string(self.conn)]).fetchone()
+        if exists is not None and exists[0] is not None:
+            return  # a build resumed, or another shard created it: no ALTER (and its lock) again
         self.conn.execute(sql.SQL("""
             CREATE TABLE IF NOT EXISTS {} (
                 id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -275,6 +278,10 @@ class Store:
                 indexed_at timestamptz NOT NULL DEFAULT now(),
                 UNIQUE (document, chunk_index)
             )""").format(self.ident(table), sql.Literal(int(dimension))))
+        # pgvector stores vectors out of line (EXTERNAL) once a row passes ~2 KB, which a 384-d
+        # vector (1.5 KB) and a chunk's text do: every distance of a scan then fetches a TOAST row.
+        # MAIN keeps the vector in the row and lets the text go out of line first.
+        self.conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN embedding SET STORAGE MAIN").format(self.ident(table)))
 
     def check_dimension(self, table: str, dimension: int, model: str) -> None:
         row = self.conn.execute(
