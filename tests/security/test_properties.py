@@ -176,11 +176,11 @@ def _model_accepts(kind: str, value: Any) -> str | None:
     return None
 
 
-def _draw_runs(data: st.DataObject, kind: str, value: Any = None) -> list[WorkloadRun]:
+def _draw_runs(data: st.DataObject, kind: str, value: Any = None, name: str | None = None) -> list[WorkloadRun]:
     if value is None:
         value = data.draw(VALID_SPECS[kind], label="spec")
         assume(_model_accepts(kind, value) is None)
-    owner = Owner(kind, data.draw(OWNER_NAMES, label="name"), "team-a", str(uuid.uuid4()),
+    owner = Owner(kind, name or data.draw(OWNER_NAMES, label="name"), "team-a", str(uuid.uuid4()),
                   data.draw(st.integers(1, 10**6), label="generation"))
     return _runs(kind, value, owner, data.draw(st.integers(1, 10**7), label="refresh"), data.draw(st.integers(1, 3)))
 
@@ -285,11 +285,12 @@ def test_the_api_server_accepts_what_is_rendered(
     for its form. (The model may accept more than admission: CEL rules need not be repeated.)"""
     core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
     value = data.draw(VALID_SPECS[kind], label="spec")
+    name = data.draw(OWNER_NAMES, label="name")  # admission sees the name too (CEL rules on the whole object)
     kind_def = VECTORINDEX if kind == "VectorIndex" else FINETUNEJOB
     try:
         client.CustomObjectsApi(api).create_namespaced_custom_object(
             GROUP, VERSION, dry_run_namespace, kind_def.plural,
-            {"apiVersion": f"{GROUP}/{VERSION}", "kind": kind, "metadata": {"name": "probe"}, "spec": value}, dry_run="All")
+            {"apiVersion": f"{GROUP}/{VERSION}", "kind": kind, "metadata": {"name": name}, "spec": value}, dry_run="All")
         admission = None
     except ApiException as exc:
         assert exc.status == 422, exc.body
@@ -297,7 +298,7 @@ def test_the_api_server_accepts_what_is_rendered(
     assume(admission is None)
     refused = _model_accepts(kind, value)
     assert refused is None, f"admitted, yet the operator's model refuses it: {refused}"
-    for run in _draw_runs(data, kind, value):
+    for run in _draw_runs(data, kind, value, name):
         run = dataclasses.replace(run, owner=dataclasses.replace(run.owner, namespace=dry_run_namespace))
         cm, jb = config_map(run), job(run)
         for obj in (cm, jb):

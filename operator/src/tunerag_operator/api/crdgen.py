@@ -113,7 +113,7 @@ def crd(kind: Kind) -> JSON:
         "x-kubernetes-validations": [{
             "rule": f"size(self.metadata.name) <= {kind.max_name}",
             "message": f"metadata.name must be at most {kind.max_name} characters (child Jobs and Services add a suffix)",
-        }],
+        }, *(dict(rule) for rule in kind.root_rules)],
     }
     return {
         "apiVersion": "apiextensions.k8s.io/v1",

@@ -33,6 +33,8 @@ class Kind:
     description: str
     columns: tuple[Column, ...] = field(default_factory=tuple)
     max_name: int = 52  # child Jobs, ConfigMaps and Services append a suffix and must stay within 63
+    # CEL rules on the whole object (the only place that sees metadata.name with the spec).
+    root_rules: tuple[dict[str, str], ...] = ()
 
     @property
     def singular(self) -> str:
@@ -81,6 +83,12 @@ VECTORINDEX = Kind(
         AGE,
         Column("Table", ".status.tableVersion", priority=1),
     ),
+    root_rules=({
+        "rule": "!has(self.spec.parallelism) || self.spec.parallelism <= 1 || !self.metadata.name.contains('.')",
+        "message": "with spec.parallelism > 1, metadata.name must not contain dots: the shards' pods are named "
+                   "<name>-g<generation>-<index>, which must be a DNS label",
+        "fieldPath": ".spec.parallelism",
+    },),
 )
 ROLLOUTPOLICY = Kind(
     "RolloutPolicy", "rolloutpolicies", ("rp",), RolloutPolicySpec, RolloutPolicyStatus,

@@ -22,7 +22,9 @@ CONTAINER = "workload"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "tunerag"}
 TERMINATION_LOG = "/dev/termination-log"
 EXIT_USER_ERROR = 2  # the workload contract: a failure the user must fix; retrying cannot help
-MAX_NAME = 63  # a Job's name is also the value of its pods' job-name label
+# A Job's name is also the value of its pods' job-name label (63), and an Indexed Job's pods are
+# named `<job>-<index>` (index < 64), a DNS label: room for "-63".
+MAX_NAME = 60
 # The `restricted` PodSecurity profile, for every pod tunerag renders.
 CONTAINER_SECURITY: dict[str, Any] = {
     "allowPrivilegeEscalation": False,
@@ -71,7 +73,7 @@ def run_name(owner: Owner, suffix: str = "") -> str:
     not be named by generation).
 
     Names are at most 52 characters, but the counters only grow (`-g100-r10000` after many
-    refreshes): a name that would pass 63 characters is cut and ends with a hash of the whole."""
+    refreshes): a name that would pass MAX_NAME characters is cut and ends with a hash of the whole."""
     name = f"{owner.name}-{suffix}" if suffix else f"{owner.name}-g{owner.generation}"
     if len(name) <= MAX_NAME:
         return name
