@@ -24,7 +24,6 @@ shared, load drifts); tunerag vs bare COPY is given per pair. Row counts of ever
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import subprocess
@@ -41,6 +40,7 @@ from psycopg.types.json import Jsonb
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.index_write import synthetic_rows
 from substrate.postgres import Postgres
 from tunerag_workloads.index.store import Store, WriteItem
 
@@ -64,12 +64,7 @@ def main() -> None:
     args = parser.parse_args()
     venv = subprocess.run([str(HERE / "peer_venvs.sh"), "index"], check=True, capture_output=True, text=True).stdout.strip()
 
-    rng = np.random.default_rng(0)
-    vectors = rng.standard_normal((args.rows, args.dim), dtype=np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    texts = [f"chunk {i} " + "lorem ipsum dolor sit amet " * 30 for i in range(args.rows)]
-    hashes = [hashlib.sha256(t.encode()).hexdigest() for t in texts]
-    docs = [f"doc{i // args.chunks_per_doc:06d}.md" for i in range(args.rows)]
+    vectors, texts, hashes, docs = synthetic_rows(args.rows, args.dim, args.chunks_per_doc)
     metadatas: list[dict[str, Any]] = [{"document": docs[i], "chunkIndex": i % args.chunks_per_doc, "headingPath": ["A", "B"],
                                         "format": "markdown"} for i in range(args.rows)]
     work = Path(tempfile.mkdtemp(prefix="tunerag-bench-peers-"))

@@ -23,6 +23,18 @@ from substrate.postgres import Postgres
 from tunerag_workloads.index.store import Store, WriteItem
 
 
+def synthetic_rows(rows: int, dim: int, chunks_per_doc: int) -> tuple[np.ndarray, list[str], list[str], list[str]]:
+    """The write benchmarks' rows (the same in every script, seeded): unit vectors, chunk texts,
+    their sha256 and document names."""
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((rows, dim), dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    texts = [f"chunk {i} " + "lorem ipsum dolor sit amet " * 30 for i in range(rows)]
+    hashes = [hashlib.sha256(t.encode()).hexdigest() for t in texts]
+    docs = [f"doc{i // chunks_per_doc:06d}.md" for i in range(rows)]
+    return vectors, texts, hashes, docs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=20000)
@@ -30,12 +42,7 @@ def main() -> None:
     parser.add_argument("--chunks-per-doc", type=int, default=10)
     parser.add_argument("--batch", type=int, default=2000, help="rows per transaction")
     args = parser.parse_args()
-    rng = np.random.default_rng(0)
-    vectors = rng.standard_normal((args.rows, args.dim), dtype=np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    texts = [f"chunk {i} " + "lorem ipsum dolor sit amet " * 30 for i in range(args.rows)]
-    hashes = [hashlib.sha256(t.encode()).hexdigest() for t in texts]
-    docs = [f"doc{i // args.chunks_per_doc:06d}.md" for i in range(args.rows)]
+    vectors, texts, hashes, docs = synthetic_rows(args.rows, args.dim, args.chunks_per_doc)
 
     with Postgres() as pg:
         uri = pg.create_database("bench")
