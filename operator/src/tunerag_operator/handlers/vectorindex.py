@@ -17,7 +17,14 @@ from tunerag_operator.handlers import runs
 from tunerag_operator.handlers.base import register
 from tunerag_operator.handlers.timers import owns_status
 from tunerag_operator.references import Problem
-from tunerag_operator.render.workload import Owner, WorkloadRun, run_name
+from tunerag_operator.render.workload import (
+    COMPLETION_INDEX,
+    Owner,
+    WorkloadRun,
+    finalize_name,
+    finalize_suffix,
+    run_name,
+)
 from tunerag_operator.runstate import RunState
 
 
@@ -34,7 +41,6 @@ def check(spec: VectorIndexSpec, namespace: str) -> list[Problem]:
 
 
 INDEX_STEP = f"{GROUP}/index-step"  # label of a sharded run's Jobs: shards | finalize
-COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 
 
 def _db_env(spec: VectorIndexSpec) -> tuple[dict[str, Any], ...]:
@@ -63,21 +69,12 @@ def workload_run(
     )
 
 
-def _finalize_suffix(owner_name: str, shard_job: str) -> str:
-    return f"{shard_job.removeprefix(owner_name + '-')}-finalize"
-
-
-def finalize_name(owner: Owner, shard_job: str) -> str:
-    """`<shard Job>-finalize`: one name per run, so the finalize Job is created at most once."""
-    return run_name(owner, _finalize_suffix(owner.name, shard_job))
-
-
 def finalize_run(spec: VectorIndexSpec, owner: Owner, image: str, shard_job: str, shards: list[dict[str, Any]]) -> WorkloadRun:
     """The finalize step of a sharded run: indexes, switch, cleanup, counts (no model, no source,
     no GPU); the shards' results travel in its ConfigMap."""
     return WorkloadRun(
         owner=owner, component="index", module="tunerag_workloads.index.finalize",
-        suffix=_finalize_suffix(owner.name, shard_job), backoff_limit=3,
+        suffix=finalize_suffix(owner.name, shard_job), backoff_limit=3,
         spec=spec.model_dump(mode="json", exclude_none=True), image=image,
         resources=spec.resources.model_copy(update={"gpus": 0}), env=_db_env(spec),
         request={"shards": shards}, labels={INDEX_STEP: "finalize"},

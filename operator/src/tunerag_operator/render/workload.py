@@ -25,6 +25,8 @@ EXIT_USER_ERROR = 2  # the workload contract: a failure the user must fix; retry
 # A Job's name is also the value of its pods' job-name label (63), and an Indexed Job's pods are
 # named `<job>-<index>` (index < 64), a DNS label: room for "-63".
 MAX_NAME = 60
+# An Indexed Job's pods carry their index in this annotation and label (and $JOB_COMPLETION_INDEX).
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 # The `restricted` PodSecurity profile, for every pod tunerag renders.
 CONTAINER_SECURITY: dict[str, Any] = {
     "allowPrivilegeEscalation": False,
@@ -79,6 +81,16 @@ def run_name(owner: Owner, suffix: str = "") -> str:
         return name
     digest = hashlib.sha256(name.encode()).hexdigest()[:8]
     return f"{name[:MAX_NAME - 9].rstrip('-.')}-{digest}"
+
+
+def finalize_suffix(owner_name: str, shard_job: str) -> str:
+    return f"{shard_job.removeprefix(owner_name + '-')}-finalize"
+
+
+def finalize_name(owner: Owner, shard_job: str) -> str:
+    """The finalize Job of a sharded VectorIndex run, `<shard Job>-finalize`: one name per run, so
+    it is created at most once (and `kubectl tunerag logs` finds it)."""
+    return run_name(owner, finalize_suffix(owner.name, shard_job))
 
 
 def owner_labels(owner: Owner) -> dict[str, str]:
