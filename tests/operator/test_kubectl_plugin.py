@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -29,6 +30,8 @@ from substrate.fixtures import runner_env
 from substrate.jobrunner import JobRunner
 from tunerag_operator.api.common import GROUP, VERSION
 from tunerag_operator.cli import describe
+from tunerag_operator.handlers.vectorindex import INDEX_STEP, finalize_name
+from tunerag_operator.render.workload import Owner
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -345,14 +348,17 @@ def job_runner(plugin: Plugin, tmp_path_factory: pytest.TempPathFactory) -> Iter
         yield runner
 
 
-def python_job(api: client.ApiClient, name: str, script: str, backoff_limit: int = 0) -> None:
+def python_job(api: client.ApiClient, name: str, script: str, backoff_limit: int = 0, labels: dict[str, str] | None = None,
+               completions: int | None = None, parallelism: int | None = None) -> None:
+    """A Job running `script`; with `completions`, an Indexed Job ($JOB_COMPLETION_INDEX)."""
+    spec: Obj = {"backoffLimit": backoff_limit, "template": {"metadata": {"labels": labels or {}}, "spec": {
+        "restartPolicy": "Never",
+        "containers": [{"name": "main", "image": "python:3.11-slim", "command": ["python", "-c", textwrap.dedent(script)]}],
+    }}}
+    if completions:
+        spec.update(completionMode="Indexed", completions=completions, parallelism=parallelism or completions)
     client.BatchV1Api(api).create_namespaced_job(NS, {
-        "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
-        "spec": {"backoffLimit": backoff_limit, "template": {"spec": {
-            "restartPolicy": "Never",
-            "containers": [{"name": "main", "image": "python:3.11-slim", "command": ["python", "-c", textwrap.dedent(script)]}],
-        }}},
-    })
+        "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "labels": labels or {}}, "spec": spec})
 
 
 def job_done(api: client.ApiClient, name: str) -> bool:
@@ -399,3 +405,79 @@ def test_logs_of_the_current_job_pod(plugin: Plugin, resources: None, job_runner
     no_pods = plugin.run("logs", "ftj", "ticket-router-1", "-n", NS, ok=False)
     assert (no_pods.returncode, no_pods.stderr) == (
         1, "error: Job ticket-router-1-g1 of finetunejob.tunerag.dev/ticket-router-1 has no pods (yet, or any more)\n")
+
+
+def running(api: client.ApiClient, job: str) -> int:
+    pods = client.CoreV1Api(api).list_namespaced_pod(NS, label_selector=f"batch.kubernetes.io/job-name={job}").items
+    return sum(p.status.phase == "Running" for p in pods)
+
+
+@pytest.mark.timeout(120)
+def test_logs_of_a_sharded_vectorindex(plugin: Plugin, resources: None, job_runner: JobRunner, tmp_path: Path) -> None:
+    """parallelism 2: the shards' Indexed Job and then the finalize Job, named and labelled as the
+    operator names them (their pods run stand-ins: a real shard needs a database and a model)."""
+    obj = create(plugin.api, "10-vectorindex.yaml", {"phase": "Indexing", "jobName": "manuals-g1"},
+                 metadata={"name": "manuals"}, spec={"parallelism": 2})
+    python_job(plugin.api, "manuals-g1", f"""
+        import os, time
+        shard = os.environ["JOB_COMPLETION_INDEX"]
+        print(f"shard {{shard}}: embedded 1 of 2", flush=True)
+        while not os.path.exists(os.path.join({str(tmp_path)!r}, "go" + shard)):
+            time.sleep(0.05)
+        print(f"shard {{shard}}: embedded 2 of 2", flush=True)
+    """, labels={INDEX_STEP: "shards"}, completions=2)
+    kube.wait_for(lambda: running(plugin.api, "manuals-g1") == 2, 30, "both shards to run")
+
+    # -f follows both shards at once, lines interleaved as they come, each prefixed with its shard.
+    follow = plugin.popen("logs", "vidx", "manuals", "-f", "-n", NS)
+    try:
+        assert follow.stdout is not None
+        assert {follow.stdout.readline(), follow.stdout.readline()} == {
+            "[shard 0] shard 0: embedded 1 of 2\n", "[shard 1] shard 1: embedded 1 of 2\n"}
+        (tmp_path / "go1").touch()
+        assert follow.stdout.readline() == "[shard 1] shard 1: embedded 2 of 2\n"  # while shard 0 still runs
+        (tmp_path / "go0").touch()
+        rest, err = follow.communicate(timeout=30)
+    finally:
+        follow.kill()
+    assert (rest, err, follow.returncode) == ("[shard 0] shard 0: embedded 2 of 2\n", "", 0)
+
+    # The shards are done: the finalize Job runs, and its pod's log follows the shards'.
+    kube.wait_for(lambda: job_done(plugin.api, "manuals-g1"), 30, "the shards to finish")
+    meta = obj["metadata"]
+    final = finalize_name(Owner("VectorIndex", "manuals", NS, meta["uid"], meta["generation"]), "manuals-g1")
+    python_job(plugin.api, final, "print('finalize: built the index'); print('finalize: switched to manuals_v1')",
+               labels={INDEX_STEP: "finalize"})
+    kube.wait_for(lambda: job_done(plugin.api, final), 30, "the finalize Job to finish")
+    everything = ("[shard 0] shard 0: embedded 1 of 2\n[shard 0] shard 0: embedded 2 of 2\n"
+                  "[shard 1] shard 1: embedded 1 of 2\n[shard 1] shard 1: embedded 2 of 2\n"
+                  "[finalize] finalize: built the index\n[finalize] finalize: switched to manuals_v1\n")
+    done = plugin.run("logs", "vidx/manuals", "-n", NS)
+    assert (done.stdout, done.stderr) == (everything, "")
+    assert plugin.run("logs", "vidx/manuals", "--tail", "1", "-n", NS).stdout == (  # the tail of each pod
+        "[shard 0] shard 0: embedded 2 of 2\n[shard 1] shard 1: embedded 2 of 2\n[finalize] finalize: switched to manuals_v1\n")
+    followed = plugin.run("logs", "vidx/manuals", "-f", "-n", NS)  # a finished run: everything, then exit 0
+    assert sorted(followed.stdout.splitlines()) == sorted(everything.splitlines()) and followed.stderr == ""
+
+    # A shard that has no pod yet (one at a time here) is said so, and the others are shown.
+    create(plugin.api, "10-vectorindex.yaml", {"phase": "Indexing", "jobName": "slow-g1"}, metadata={"name": "slow"},
+           spec={"parallelism": 2})
+    python_job(plugin.api, "slow-g1", f"""
+        import os, time
+        print("shard " + os.environ["JOB_COMPLETION_INDEX"] + ": started", flush=True)
+        open(os.path.join({str(tmp_path)!r}, "started"), "w").close()
+        while not os.path.exists(os.path.join({str(tmp_path)!r}, "go")):
+            time.sleep(0.05)
+    """, labels={INDEX_STEP: "shards"}, completions=2, parallelism=1)
+    kube.wait_for(lambda: (tmp_path / "started").exists(), 30, "shard 0 to start")
+    partial = plugin.run("logs", "vidx", "slow", "-n", NS)
+    interrupted = plugin.popen("logs", "vidx", "slow", "-f", "-n", NS)
+    try:
+        assert interrupted.stdout is not None and interrupted.stdout.readline() == "[shard 0] shard 0: started\n"
+        interrupted.send_signal(signal.SIGINT)  # Ctrl-C while following
+        _, err = interrupted.communicate(timeout=30)
+    finally:
+        interrupted.kill()
+        (tmp_path / "go").touch()
+    assert (partial.stdout, partial.stderr) == ("[shard 0] shard 0: started\n", "shard 1: no pod yet\n")
+    assert (interrupted.returncode, err) == (130, "shard 1: no pod yet\n")

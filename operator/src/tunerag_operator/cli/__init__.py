@@ -6,6 +6,7 @@
                                                                (--plot: weight and metrics over time, as HTML)
     kubectl tunerag promote|abort|pause|resume POLICY          act on a RolloutPolicy's rollout
     kubectl tunerag logs ftj|vidx NAME [-f] [--tail N]         the current Job's pod log
+                                                               (sharded vidx: each shard's and finalize's, prefixed)
 
 Every command takes kubectl's `-n/--namespace`, `--context` and `--kubeconfig`, and defaults to
 the current context of the kubeconfig (and its namespace).

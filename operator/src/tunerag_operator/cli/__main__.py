@@ -46,11 +46,12 @@ def parser() -> argparse.ArgumentParser:
                                                    "with the passing ranges) to FILE as a self-contained HTML page.")
     for verb, (_, text) in ACTIONS.items():
         sub.add_parser(verb, parents=[flags], help=text, description=text).add_argument("policy", help="RolloutPolicy name.")
-    lg = sub.add_parser("logs", parents=[flags], help="Logs of the pod of a FineTuneJob's or VectorIndex's current Job.")
+    lg = sub.add_parser("logs", parents=[flags], help="Logs of the pod of a FineTuneJob's or VectorIndex's current Job "
+                                                  "(of a sharded VectorIndex: each shard's and the finalize pod, prefixed).")
     lg.add_argument("resource", metavar="ftj|vidx", help="ftj or vidx (long names too), optionally as KIND/NAME.")
     lg.add_argument("name", nargs="?")
-    lg.add_argument("-f", "--follow", action="store_true", help="Stream the log until the container exits.")
-    lg.add_argument("--tail", type=int, default=-1, help="Lines of recent log to show (-1: all).")
+    lg.add_argument("-f", "--follow", action="store_true", help="Stream the log until the container exits (all pods at once).")
+    lg.add_argument("--tail", type=int, default=-1, help="Lines of recent log to show, per pod (-1: all).")
     lg.add_argument("-c", "--container", help="Container (default: the pod's only one).")
     return root
 

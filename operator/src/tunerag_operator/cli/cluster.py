@@ -69,6 +69,16 @@ class Cluster:
                                       field_selector=selector).get("items", [])
         return sorted(items, key=event_time)
 
+    def job(self, name: str) -> Obj | None:
+        """The Job, or None where it is gone."""
+        try:
+            resp = client.BatchV1Api(self.api).read_namespaced_job(name, self.namespace, _preload_content=False)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise api_error(exc) from exc
+        return json.loads(resp.data)  # type: ignore[no-any-return]
+
     def job_pods(self, job: str) -> list[Obj]:
         return self._json(client.CoreV1Api(self.api).list_namespaced_pod, self.namespace,  # type: ignore[no-any-return]
                           label_selector=f"batch.kubernetes.io/job-name={job}").get("items", [])
