@@ -103,6 +103,33 @@ def test_incremental_run_touches_only_what_changed(tmp_path: Path, pg_database: 
     assert again["sourceDigest"] == result["sourceDigest"] != run_index.__name__
 
 
+def test_a_passage_stored_twice_is_retrieved_once_naming_its_copies(
+        tmp_path: Path, pg_database: str, minilm: Any, index_kit: Any) -> None:
+    """A vendored copy of a document must not fill the top k with one passage: the best copy is
+    returned once, naming the other documents; k distinct passages come back."""
+    source = index_kit.write_corpus(tmp_path / "docs")
+    tea = "# Green tea\n\nBrew green tea at 80 degrees Celsius for two minutes.\n"
+    for rel in ("notes/tea.md", "vendor/a/tea.md", "vendor/b/tea.md"):
+        (source / rel).parent.mkdir(parents=True, exist_ok=True)
+        (source / rel).write_text(tea)
+    run_index(index_kit.index_spec(source), db_uri=pg_database, model=minilm)
+    question = "How hot should the water be for green tea?"
+
+    raw = search(pg_database, "public", "docs", question, k=3, model=minilm, distinct=False)
+    assert sorted(c.document for c in raw) == ["notes/tea.md", "vendor/a/tea.md", "vendor/b/tea.md"]  # the problem
+    for hybrid in (False, True):
+        hits = search(pg_database, "public", "docs", question, k=3, model=minilm, hybrid=hybrid)
+        assert len(hits) == 3 and len({c.content_hash for c in hits}) == 3 and len({c.content for c in hits}) == 3
+        best = hits[0]
+        assert "80 degrees" in best.content
+        assert sorted([best.document, *best.duplicates]) == ["notes/tea.md", "vendor/a/tea.md", "vendor/b/tea.md"]
+        assert all(not c.duplicates for c in hits[1:])
+    # Only copies left under a filter: one result, not three.
+    only_tea = search(pg_database, "public", "docs", question, k=3, model=minilm, filters={"documentPrefix": "vendor/"})
+    assert [(c.document, c.duplicates) for c in only_tea] == [(only_tea[0].document, ["vendor/b/tea.md" if
+                                                                only_tea[0].document == "vendor/a/tea.md" else "vendor/a/tea.md"])]
+
+
 def test_chunking_change_builds_a_new_version_and_switches_readers_atomically(
         tmp_path: Path, pg_database: str, minilm: Any, index_kit: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     source = index_kit.write_corpus(tmp_path / "docs")

@@ -12,6 +12,10 @@ On a connection that is reused (the serving workload keeps a few), the pgvector 
 version's settings are looked up once and kept with the connection (a switch is still noticed:
 the results name their version), and the query goes out as one pipeline (BEGIN, the settings,
 SELECT, COMMIT): one round trip per search instead of seven.
+
+Identical chunks (the same content hash: a document vendored twice, a boilerplate footer) are
+returned once, by default: the best-ranked copy, naming the documents of the others in
+`duplicates`. A top k of copies would fill a prompt with one passage k times.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from psycopg import sql
 
 OPERATOR = {"cosine": "<=>", "l2": "<->", "ip": "<#>"}
 RRF_K = 60
+MAX_CANDIDATES = 1000  # hnsw.ef_search's own maximum
 
 
 @dataclass
@@ -40,6 +45,8 @@ class Chunk:
     table_version: str = ""
     vector_rank: int | None = None
     text_rank: int | None = None
+    content_hash: str = ""
+    duplicates: list[str] = field(default_factory=list)  # documents of identical chunks left out
 
 
 def _score(distance_kind: str, value: float) -> float:
@@ -108,13 +115,16 @@ def search(
     probes: int = 10,
     hybrid: bool = False,
     candidates: int | None = None,
+    distinct: bool = True,
 ) -> list[Chunk]:
     """The k chunks nearest to `query`, best first, with scores and provenance.
 
     `model`: a SentenceTransformer, a model name/path, or None for the live version's model.
     `filters`: {"document": path or list, "documentPrefix": str, <metadata key>: value}.
     `hybrid`: fuse vector and full-text (English) rankings with reciprocal rank fusion; `score`
-    is then the fused score."""
+    is then the fused score.
+    `distinct`: one chunk per content hash (the best-ranked; the others' documents in
+    `duplicates`); the candidates fetched grow until k distinct ones are found or none are left."""
     from tunerag_workloads.index import embed
 
     own = isinstance(conn_or_uri, str)
@@ -132,8 +142,15 @@ def search(
             vector = embed.encode(encoder, [query], 1, bool(settings.get("normalize", True)))[0]
             if len(vector) != int(settings["dimension"]):
                 raise ValueError(f"the query model produces {len(vector)} dimensions; {version} holds {settings['dimension']}")
+            limit = max(k, candidates or (4 * k if hybrid else k), 2 * k if distinct else k)
             try:
-                chunks = _query(conn, schema, table, settings, vector, query, k, filters, ef_search, probes, hybrid, candidates)
+                while True:
+                    ranked, exhausted = _query(conn, schema, table, settings, vector, query, limit, filters, ef_search,
+                                               probes, hybrid)
+                    chunks = _distinct(ranked)[:k] if distinct else ranked[:k]
+                    if len(chunks) == k or exhausted or limit >= MAX_CANDIDATES:
+                        break
+                    limit = min(4 * limit, MAX_CANDIDATES)  # copies crowded the candidates out
             except psycopg.errors.DataException:
                 if cached is None:
                     raise
@@ -148,24 +165,34 @@ def search(
             conn.close()
 
 
+def _distinct(ranked: list[Chunk]) -> list[Chunk]:
+    """The first chunk of each content hash, in rank order; the later copies' documents noted on it."""
+    first: dict[str, Chunk] = {}
+    for chunk in ranked:
+        kept = first.setdefault(chunk.content_hash, chunk)
+        if kept is not chunk and chunk.document != kept.document and chunk.document not in kept.duplicates:
+            kept.duplicates.append(chunk.document)
+    return list(first.values())
+
+
 def _query(conn: psycopg.Connection[Any], schema: str, table: str, settings: dict[str, Any], vector: Any, query: str,
-           k: int, filters: dict[str, Any] | None, ef_search: int, probes: int, hybrid: bool,
-           candidates: int | None) -> list[Chunk]:
+           limit: int, filters: dict[str, Any] | None, ef_search: int, probes: int,
+           hybrid: bool) -> tuple[list[Chunk], bool]:
+    """Up to `limit` chunks, ranked; and whether that was all there is (fewer rows than asked)."""
     distance = settings.get("distance", "cosine")
     op = sql.SQL(OPERATOR[distance])
     view = sql.Identifier(schema, table)
     clauses, params = _filters(filters)
     where = _where(clauses)
-    limit = max(k, candidates or (4 * k if hybrid else k))
-    columns = sql.SQL("id, document, chunk_index, content, metadata, table_version")
+    columns = sql.SQL("id, document, chunk_index, content, metadata, table_version, content_hash")
     with conn.pipeline(), conn.transaction():
         conn.execute("SELECT set_config('hnsw.ef_search', %s, true), set_config('ivfflat.probes', %s, true)",
                      [str(int(max(ef_search, limit))), str(int(probes))])
         rows = conn.execute(sql.SQL("SELECT {}, embedding {} %s AS distance FROM {} {} ORDER BY embedding {} %s LIMIT %s").format(
             columns, op, view, where, op), [vector, *params, vector, limit]).fetchall()
-        vector_hits = [_chunk(r, _score(distance, float(r[6]))) for r in rows]
+        vector_hits = [_chunk(r, _score(distance, float(r[7]))) for r in rows]
         if not hybrid:
-            return vector_hits[:k]
+            return vector_hits, len(rows) < limit
         # any of the query's words (OR): the fusion, not the text match, decides the order
         tsquery = sql.SQL("replace(plainto_tsquery('english', %s)::text, ' & ', ' | ')::tsquery")
         text_where = _where([sql.SQL("to_tsvector('english'::regconfig, content) @@ ") + tsquery, *clauses])
@@ -184,10 +211,11 @@ def _query(conn: psycopg.Connection[Any], schema: str, table: str, settings: dic
         scores[row[0]] = scores.get(row[0], 0.0) + 1.0 / (RRF_K + rank)
     for chunk_id, chunk in fused.items():
         chunk.score = scores[chunk_id]
-    return sorted(fused.values(), key=lambda c: -c.score)[:k]
+    return sorted(fused.values(), key=lambda c: -c.score), len(rows) < limit and len(text_rows) < limit
 
 
 def _chunk(row: tuple[Any, ...], score: float) -> Chunk:
     metadata = row[4] or {}
     return Chunk(id=row[0], document=row[1], chunk_index=row[2], content=row[3], score=score,
-                 heading_path=list(metadata.get("headingPath") or []), metadata=metadata, table_version=row[5])
+                 heading_path=list(metadata.get("headingPath") or []), metadata=metadata, table_version=row[5],
+                 content_hash=row[6])

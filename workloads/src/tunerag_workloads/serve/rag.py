@@ -40,8 +40,12 @@ def build_prompt(template: str, question: str, chunks: list[Chunk]) -> str:
 
 
 def provenance(chunk: Chunk) -> dict[str, Any]:
-    return {"id": chunk.id, "document": chunk.document, "chunkIndex": chunk.chunk_index,
-            "score": round(float(chunk.score), 6), "headingPath": list(chunk.heading_path)}
+    """A cited chunk; `alsoIn`: other documents that hold the same text (retrieval returns it once)."""
+    cited = {"id": chunk.id, "document": chunk.document, "chunkIndex": chunk.chunk_index,
+             "score": round(float(chunk.score), 6), "headingPath": list(chunk.heading_path)}
+    if chunk.duplicates:
+        cited["alsoIn"] = list(chunk.duplicates)
+    return cited
 
 
 class Retriever:
