@@ -17,7 +17,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -121,20 +121,24 @@ def test_a_status_write_for_an_object_gone_is_dropped(as_operator: None, api: cl
     assert not client.CustomObjectsApi(api).list_namespaced_custom_object(GROUP, VERSION, namespace, ROLLOUTPOLICY.plural)["items"]
 
 
-def _operator_writes(audit_log: Path, since: float, until: float) -> list[str]:
+def _operator_requests(audit_log: Path, since: float, until: float, verbs: Iterable[str] = WRITES,
+                       resource: str | None = None) -> list[str]:
+    """The operator's requests in [since, until) with one of `verbs` (on `resource`, if named)."""
     writes = []
     for line in audit_log.read_text().splitlines():
         event = json.loads(line)
         at = dt.datetime.fromisoformat(event["requestReceivedTimestamp"].replace("Z", "+00:00")).timestamp()
         if (event.get("userAgent", "").startswith(TEST_AGENT) or event["user"]["username"].startswith("system:")
-                or event["verb"] not in WRITES or not since <= at < until):
+                or event["verb"] not in verbs or not since <= at < until):
             continue
         ref = event.get("objectRef") or {}
+        if resource is not None and ref.get("resource") != resource:
+            continue
         writes.append(f"{event['verb']} {ref.get('resource')}/{ref.get('subresource', '')} {ref.get('name')}")
     return writes
 
 
-def test_an_idle_operator_makes_no_writes(plane: ControlPlane, api: client.ApiClient, namespace: str, tmp_path: Path) -> None:
+def test_an_idle_operator_makes_no_writes_and_reads_no_pods(plane: ControlPlane, api: client.ApiClient, namespace: str, tmp_path: Path) -> None:
     client.CoreV1Api(api).create_namespaced_secret(namespace, {"metadata": {"name": "db"}, "stringData": {"uri": "postgresql://x"}})
     operator = OperatorProcess(plane.kubeconfig, tmp_path / "operator.log", extra_env={
         "TUNERAG_PROGRESS_INTERVAL": "1", "TUNERAG_ROLLOUT_TICK": "1", "TUNERAG_ROLLOUT_RESYNC": "3",
@@ -154,8 +158,12 @@ def test_an_idle_operator_makes_no_writes(plane: ControlPlane, api: client.ApiCl
         time.sleep(8)  # first passes done: Jobs created, conditions written
         since = time.time()
         time.sleep(12)  # four re-syncs of the policy and re-checks of the schedule, a dozen progress ticks
-        writes = _operator_writes(plane.audit_log, since, time.time())
+        until = time.time()
+        writes = _operator_requests(plane.audit_log, since, until)
+        # No pod runs (no Job harness here): nothing to read progress from, so no pod is listed.
+        pod_reads = _operator_requests(plane.audit_log, since, until, ("get", "list"), "pods")
         assert operator.proc is not None and operator.proc.poll() is None, operator.tail()
     finally:
         operator.stop()
     assert writes == [], f"an idle operator wrote {len(writes)} times: {writes[:10]}"
+    assert pod_reads == [], f"an idle operator read pods {len(pod_reads)} times: {pod_reads[:10]}"

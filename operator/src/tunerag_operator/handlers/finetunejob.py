@@ -23,6 +23,9 @@ from tunerag_operator.runstate import RunState
 # Condition set while the workload retries a failing artifact store; True again once published.
 ARTIFACT_STORE = "ArtifactStore"
 ACTIVE = ("Pending", "ValidatingData", "Training", "Evaluating", "Publishing")
+# Phases whose pod may be running, so may have progress to read: a Pending run's Job has no active
+# pod yet (and may never get one: no GPU free); its Job event moves the run on when one starts.
+RUNNING = ACTIVE[1:]
 # How often a running pod's log is read for progress (seconds).
 PROGRESS_INTERVAL = float(os.environ.get("TUNERAG_PROGRESS_INTERVAL", "5"))
 
@@ -128,7 +131,7 @@ def observe_run(namespace: str, name: str, job_name: str, state: RunState) -> No
 
 
 @kopf.timer(GROUP, VERSION, FINETUNEJOB.plural, interval=PROGRESS_INTERVAL, idle=None,
-            when=lambda status, **_: status.get("phase") in ACTIVE and bool(status.get("jobName")))
+            when=lambda status, **_: status.get("phase") in RUNNING and bool(status.get("jobName")))
 @owns_status(FINETUNEJOB)
 def report_progress(namespace: str | None, status: kopf.Status, patch: kopf.Patch, body: kopf.Body, **_: Any) -> None:
     """Copies the running pod's latest progress record into status.progress and the phase; a
