@@ -167,3 +167,32 @@ def test_an_idle_operator_makes_no_writes_and_reads_no_pods(plane: ControlPlane,
         operator.stop()
     assert writes == [], f"an idle operator wrote {len(writes)} times: {writes[:10]}"
     assert pod_reads == [], f"an idle operator read pods {len(pod_reads)} times: {pod_reads[:10]}"
+
+
+def test_a_settled_policy_picks_up_a_new_version_at_its_next_tick_not_at_resync(
+    plane: ControlPlane, api: client.ApiClient, namespace: str, tmp_path: Path
+) -> None:
+    """A policy with nothing to roll out makes no API calls between resyncs (10 minutes here); a
+    Validated AdapterVersion of its family registered meanwhile is still acted on within seconds,
+    because the operator watches AdapterVersions and wakes that family's policies."""
+    operator = OperatorProcess(plane.kubeconfig, tmp_path / "operator.log", extra_env={
+        "TUNERAG_ROLLOUT_TICK": "1", "TUNERAG_ROLLOUT_RESYNC": "600"})
+    operator.start()
+    try:
+        _policy(api, namespace)
+        waiting = kube.wait_for(lambda: (s := _status(api, namespace)).get("observedGeneration") and any(
+            c["reason"] == "NoCandidate" for c in s.get("conditions") or []) and s, 60, "the policy waiting for a version")
+        time.sleep(4)  # settled: a few ticks with no pass
+        assert _status(api, namespace)["lastSync"] == waiting["lastSync"]
+        client.CustomObjectsApi(api).create_namespaced_custom_object(GROUP, VERSION, namespace, "adapterversions", {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "AdapterVersion", "metadata": {"name": "qa-v1"},
+            "spec": {"family": "qa", "version": 1, "baseModel": {"uri": "file:///models/base"},
+                     "artifact": {"uri": "file:///artifacts/qa/1", "sha256": "a" * 64},
+                     "gates": [{"name": "minExactMatch", "value": 0.9, "threshold": 0.5, "passed": True}]}})
+        moved = kube.wait_for(lambda: (s := _status(api, namespace)).get("lastSync") != waiting["lastSync"] and s,
+                              20, "the policy to act on qa-v1")  # not the 600 s resync
+        assert operator.proc is not None and operator.proc.poll() is None, operator.tail()
+    finally:
+        operator.stop()
+    ready = next(c for c in moved["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] != "NoCandidate" and "qa-v1" in json.dumps(moved), moved

@@ -1,7 +1,9 @@
 """RolloutPolicy: a timer runs the rollout state machine (tunerag_operator.rollout.controller)
 every TUNERAG_ROLLOUT_TICK seconds per policy. The AdapterVersions of the family are listed on
 each pass that is not settled; a settled policy (nothing rolling out, spec unchanged) makes no API
-calls and looks again every TUNERAG_ROLLOUT_RESYNC seconds (30 by default).
+calls and looks again every TUNERAG_ROLLOUT_RESYNC seconds (30 by default), or at its next tick
+once an AdapterVersion of its family changes (this process watches them: `family_changed`), so a
+new version is picked up within a tick, not a resync.
 
 (A kopf index of AdapterVersions would save the LIST, but with it the timer stalled for good when
 a new version arrived right after a promotion: kopf 1.45; see docs/design-notes.md.)"""
@@ -71,17 +73,29 @@ def _family(namespace: str, family: str) -> list[dict[str, Any]]:
 
 
 SYNCED = "tunerag_rollout_synced"  # per-object memo: when this operator last ran a full pass
+# (namespace, family) -> when this process last saw an AdapterVersion of that family change.
+FAMILY_CHANGED: dict[tuple[str, str], float] = {}
+
+
+@kopf.on.event(GROUP, VERSION, ADAPTERVERSION.plural)
+def family_changed(body: kopf.Body, **_: Any) -> None:
+    """Marks the version's family as changed (created, validated, deleted), for `_settled`."""
+    family = (body.get("spec") or {}).get("family")
+    if isinstance(family, str):
+        FAMILY_CHANGED[(str(body.meta.get("namespace")), family)] = time.monotonic()
 
 
 def _settled(body: kopf.Body, memo: kopf.Memo) -> bool:
-    """Nothing to do but wait: no rollout on, the spec unchanged since the last pass, and that pass
-    (by this operator: the time is kept in memory, not written) recent. Such passes make no API
-    calls; a new AdapterVersion is noticed at the next resync."""
+    """Nothing to do but wait: no rollout on, the spec unchanged since the last pass, no version of
+    the family changed since, and that pass (by this operator: the time is kept in memory, not
+    written) recent. Such passes make no API calls."""
     st = body.status
     synced = memo.get(SYNCED)
+    family = ((body.spec.get("adapterSelector") or {}).get("family")) or ""
     return (not st.get("candidate") and st.get("phase") in ("Promoted", "RolledBack", "Idle")
             and st.get("observedGeneration") == body.meta.get("generation")
-            and synced is not None and time.monotonic() - synced < RESYNC)
+            and synced is not None and time.monotonic() - synced < RESYNC
+            and FAMILY_CHANGED.get((str(body.meta.get("namespace")), family), 0.0) < synced)
 
 
 @kopf.timer(GROUP, VERSION, ROLLOUTPOLICY.plural, id="rollout", interval=TICK, sharp=False, backoff=max(TICK, 2.0))
@@ -102,6 +116,7 @@ def rollout(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> No
         return
     if _settled(body, memo):
         return
+    started = time.monotonic()  # a version changed after this (and so maybe after the LIST) is looked at next tick
     family = versions(_family(ns, spec.adapter_selector.family))
     problems = check(spec, ns, config.prometheus_allow)
     if problems:
@@ -125,7 +140,7 @@ def rollout(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> No
     fields = dict(outcome.status)
     fields.setdefault("phase", body.status.get("phase") or "Idle")
     _write(body, patch, before, conds, fields, generation)
-    memo[SYNCED] = time.monotonic()
+    memo[SYNCED] = started
 
 
 def _write(body: kopf.Body, patch: kopf.Patch, before: list[dict[str, Any]], conds: list[dict[str, Any]],
