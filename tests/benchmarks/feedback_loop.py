@@ -53,6 +53,7 @@ from kubernetes import client, config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import machine
 from e2e.serving_kit import FAMILY, ask, base_model, get, make_adapter, post_feedback, register, wait_status
 from e2e.test_finetune_schedule import _create, _history, _schedule, _secret, _template, _wait
 from substrate import kube
@@ -348,9 +349,7 @@ def main() -> int:
           f"schedule and rollout tick {args.tick:g}s, progress interval 1s, canary steps setWeight {WEIGHT}, pause, 100")
     if len(results) > 1:
         summary(results)
-    shared = " (above the core count: other work shared the machine)" if max(load_start, os.getloadavg()[0]) > (os.cpu_count() or 1) else ""
-    print(f"machine: {os.cpu_count()} cores, 1-minute load average {load_start:.1f} at the start, "
-          f"{os.getloadavg()[0]:.1f} at the end{shared}")
+    print(machine.summary(load_start))
     return 0
 
 

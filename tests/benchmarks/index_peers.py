@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -41,15 +40,11 @@ from psycopg.types.json import Jsonb
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.index_write import synthetic_rows
+from benchmarks.machine import load
 from substrate.postgres import Postgres
 from tunerag_workloads.index.store import Store, WriteItem
 
 HERE = Path(__file__).resolve().parent
-
-
-def load() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"load {one:.2f} {five:.2f} {fifteen:.2f}"
 
 
 def main() -> None:

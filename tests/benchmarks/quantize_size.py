@@ -15,7 +15,6 @@ CPU: bitsandbytes' CPU backend quantizes; the validation forward passes are few 
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import sys
 import tempfile
@@ -27,12 +26,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.machine import load
+
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
-
-
-def load() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"load {one:.2f} {five:.2f} {fifteen:.2f}"
 
 
 def main() -> None:

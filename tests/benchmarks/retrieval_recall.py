@@ -52,13 +52,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.machine import load
+
 PACKAGES = ["transformers", "torch", "numpy", "scipy", "sklearn", "pandas", "networkx", "sympy", "kubernetes"]
 CACHE = Path(os.environ.get("TUNERAG_CACHE", Path.home() / ".cache" / "tunerag")) / "bench"
-
-
-def load() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"load {one:.2f} {five:.2f} {fifteen:.2f}"
 
 
 def percentile(values: list[float], q: float) -> float:

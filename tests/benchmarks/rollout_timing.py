@@ -38,6 +38,7 @@ from kubernetes import client, config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import machine
 from e2e.serving_kit import FAMILY, Traffic, av_phase, base_model, get, make_adapter, register
 from substrate import kube
 from substrate.controlplane import ControlPlane
@@ -245,9 +246,7 @@ def main() -> int:
         print(f"  analysis runs {v3_runs}; reason {reason[:90]!r}; {v3} is {v3_phase}; "
               f"requests answered during it {rollback_traffic[0]}, failed {rollback_traffic[1]}")
     print(f"(v1's first deployment took {v1_s:.1f}s: operator, first predictor start)")
-    shared = " (above the core count: other work shared the machine)" if max(load_start, os.getloadavg()[0]) > (os.cpu_count() or 1) else ""
-    print(f"machine: {os.cpu_count()} cores, 1-minute load average {load_start:.1f} at the start, "
-          f"{os.getloadavg()[0]:.1f} at the end{shared}")
+    print(machine.summary(load_start))
     return 0
 
 

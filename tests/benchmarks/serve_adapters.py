@@ -41,6 +41,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import machine
 from substrate.controlplane import free_port
 from workloads import finetune_fixtures as ff
 from workloads import serve_fixtures as sf
@@ -150,9 +151,7 @@ def main() -> int:
               f"{res.cpu / res.requests * 1000:11.1f}"
               f"{rps / (one.requests / one.wall):11.2f}x{p50 / percentile(one.latencies, 50):9.2f}x"
               f"{p95 / percentile(one.latencies, 95):9.2f}x{res.cpu / res.requests / (one.cpu / one.requests):9.2f}x")
-    shared = " (above the core count: other work shared the machine)" if max(load_start, os.getloadavg()[0]) > (os.cpu_count() or 1) else ""
-    print(f"machine: {os.cpu_count()} cores, 1-minute load average {load_start:.1f} at the start, "
-          f"{os.getloadavg()[0]:.1f} at the end{shared}")
+    print(machine.summary(load_start))
     return 0
 
 

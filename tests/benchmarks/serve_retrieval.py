@@ -35,6 +35,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import machine
 from substrate.controlplane import free_port
 from substrate.postgres import Postgres
 from workloads import finetune_fixtures as ff
@@ -197,9 +198,7 @@ def main() -> int:
           f"(+{statistics.fmean(tokens_in['rag']) - statistics.fmean(tokens_in['plain']):.0f} tokens) and the "
           f"difference in tokens generated ({statistics.fmean(tokens_out['rag']) - statistics.fmean(tokens_out['plain']):+.1f})")
     shutil.rmtree(work, ignore_errors=True)
-    shared = " (above the core count: other work shared the machine)" if max(load_start, os.getloadavg()[0]) > (os.cpu_count() or 1) else ""
-    print(f"machine: {os.cpu_count()} cores, 1-minute load average {load_start:.1f} at the start, "
-          f"{os.getloadavg()[0]:.1f} at the end{shared}")
+    print(machine.summary(load_start))
     return 0
 
 
