@@ -99,9 +99,12 @@ def reconcile(
             for key, value in updates.items():
                 patch.status[key] = value
     finally:
-        patch.status["conditions"] = conds
-        patch.status["phase"] = phase
-        patch.status["observedGeneration"] = generation
+        # Only the fields this reconcile changes: writing back an unchanged one from this body
+        # (read before the handler ran) would undo a concurrent writer's, e.g. a Job observer that
+        # records the run as finished while the reconcile resumes after an operator restart.
+        for key, value in (("conditions", conds), ("phase", phase), ("observedGeneration", generation)):
+            if body.status.get(key) != value:
+                patch.status[key] = value
         _post_if_changed(body, before, conds, "Accepted")
         metrics.RECONCILES.labels(kind.kind, "error" if phase == "Failed" else "ok").inc()
         metrics.RECONCILE_SECONDS.labels(kind.kind).observe(time.perf_counter() - started)
