@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import kopf
@@ -35,12 +36,16 @@ from security.conftest import DOCS, create, get, jobs, pvc, secret, vectorindex_
 from substrate.jobrunner import JobRunner
 from substrate.kube import wait_for
 from substrate.operatorproc import OperatorProcess
+from tunerag_operator.api.common import GROUP, VERSION
+from tunerag_operator.api.finetunejob import FineTuneJobSpec
 from tunerag_operator.api.kinds import VECTORINDEX
 from tunerag_operator.api.vectorindex import VectorIndexSpec
 from tunerag_operator.config import OperatorConfig
 from tunerag_operator.handlers import base
+from tunerag_operator.handlers.finetunejob import workload_run as finetune_run
 from tunerag_operator.handlers.vectorindex import INDEX_STEP, workload_run
 from tunerag_operator.render.workload import Owner, config_map, finalize_name, job
+from workloads import finetune_fixtures as ff
 
 COUNTS = ("added", "updated", "deleted", "unchanged", "skipped")
 SHARDS = 2
@@ -204,6 +209,40 @@ def test_sharded_run_created_just_before_a_crash_finalizes_after_the_restart(
 
         _restart(operator)
         _wait_ready_once(api, namespace, operator, shard_job, reference, pg_database)
+    finally:
+        if operator.proc is None or operator.proc.poll() is not None:
+            operator.start(timeout=120)
+
+
+def test_a_finetunejob_run_created_just_before_a_crash_is_recorded_after_the_restart(
+    operator: OperatorProcess, job_runner: JobRunner, api: client.ApiClient, namespace: str, tmp_path: Path,
+) -> None:
+    """The same gap for a FineTuneJob (every kind that runs Jobs follows its runs the same way,
+    `runs.follow`): the Job created, not recorded, and Complete while the operator is down. After
+    the restart the run is recorded once: Succeeded, one AdapterVersion, one Job."""
+    training = ff.base_spec(ff.cached_model(), tmp_path / "data", tmp_path / "artifacts", training={"maxSteps": 8})
+    training["gates"] = {"maxRetentionRegression": 10.0}
+    operator.stop(signal.SIGKILL)
+    try:
+        obj = create(api, namespace, "FineTuneJob", "colors-1", training)
+        meta = obj["metadata"]
+        owner = Owner("FineTuneJob", "colors-1", namespace, meta["uid"], meta["generation"])
+        run = finetune_run(FineTuneJobSpec.model_validate(obj["spec"]), owner, OperatorConfig.defaults().workloads_image)
+        client.CoreV1Api(api).create_namespaced_config_map(namespace, config_map(run))
+        client.BatchV1Api(api).create_namespaced_job(namespace, job(run))
+        name = job(run)["metadata"]["name"]
+        wait_for(lambda: _complete(api, namespace, name), 300, f"the Job {name} to be Complete (operator down)")
+        assert not get(api, namespace, "FineTuneJob", "colors-1").get("status")
+
+        _restart(operator)
+        status = wait_for(lambda: (s := get(api, namespace, "FineTuneJob", "colors-1").get("status") or {}).get("phase")
+                          in ("Succeeded", "Rejected", "Failed") and s, 120,
+                          f"the FineTuneJob to record its finished run after the restart (operator log:\n{operator.tail(20)})")
+        assert status["phase"] == "Succeeded" and status["jobName"] == name and status["adapterVersion"] == "colors-v1", status
+        time.sleep(3)  # time for a second registration or run, had the restart started one
+        versions = client.CustomObjectsApi(api).list_namespaced_custom_object(GROUP, VERSION, namespace, "adapterversions")["items"]
+        assert [v["metadata"]["name"] for v in versions] == ["colors-v1"]
+        assert jobs(api, namespace) == [name]
     finally:
         if operator.proc is None or operator.proc.poll() is not None:
             operator.start(timeout=120)

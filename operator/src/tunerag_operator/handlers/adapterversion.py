@@ -77,6 +77,7 @@ def observe_run(namespace: str, name: str, job_name: str, state: RunState) -> No
 
 
 register(ADAPTERVERSION, check, initial_phase="Pending", act=decide)
+runs.follow(ADAPTERVERSION, lambda status: status.get("phase") in (None, "Pending"))
 
 
 def serving_policies(namespace: str, name: str) -> list[str]:

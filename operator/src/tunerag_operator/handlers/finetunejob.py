@@ -170,3 +170,4 @@ def export_metrics(namespace: str, name: str, body: kopf.Body) -> None:
 
 
 register(FINETUNEJOB, check, initial_phase="Pending", act=start_run, export=export_metrics)
+runs.follow(FINETUNEJOB, lambda status: status.get("phase") in ACTIVE)

@@ -4,22 +4,67 @@
 progress while a run is active, feed each kind's observer, which turns the run's state into the
 owner's status. Everything is recomputed from the Job and its Pods, so a missed event or an
 operator restart converges to the same status.
+
+The owner's own events feed the observer too (`follow`): a Job that ended before the owner
+recorded it (the operator died between creating the Job and writing status.jobName, and the Job
+ended while it was down) has had all its events by the time the run is recorded, so only the
+owner's next event can bring it to the observer. One observer call at a time per owner, so the two
+paths never record the same run twice.
 """
 
 from __future__ import annotations
 
+import threading
+import zlib
 from collections.abc import Callable
 from typing import Any
 
 import kopf
 
 from tunerag_operator import kubeapi, runstate
-from tunerag_operator.api.common import GROUP
+from tunerag_operator.api.common import GROUP, VERSION
+from tunerag_operator.api.kinds import Kind
 from tunerag_operator.render.workload import MANAGED_BY, WorkloadRun, config_map, job, run_name
 from tunerag_operator.runstate import RunState
 
 Observer = Callable[[str, str, str, RunState], None]
 OBSERVERS: dict[str, Observer] = {}
+
+
+# Observer calls of one owner are serialised on one of these (a fixed set: memory does not grow
+# with the objects seen).
+_LOCKS = [threading.Lock() for _ in range(64)]
+
+
+def _dispatch(kind: str, namespace: str, owner: str, job_name: str, state: RunState) -> None:
+    observer = OBSERVERS.get(kind)
+    if observer is None:
+        return
+    with _LOCKS[zlib.crc32(f"{kind}/{namespace}/{owner}".encode()) % len(_LOCKS)]:
+        observer(namespace, owner, job_name, state)
+
+
+def finished(job: dict[str, Any]) -> bool:
+    return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+               for c in (job.get("status") or {}).get("conditions") or [])
+
+
+def follow(kind: Kind, recorded: Callable[[kopf.Status], bool]) -> None:
+    """Registers a handler on `kind`'s events that, while `recorded(status)` says a run is under
+    way (and status.jobName names it), hands the run to the observer once its Job has ended."""
+
+    def under_way(status: kopf.Status, **_: Any) -> bool:
+        return bool(status.get("jobName")) and recorded(status)
+
+    @kopf.on.event(GROUP, VERSION, kind.plural, id="follow-run", when=under_way)
+    def follow_run(body: kopf.Body, type: str | None, **_: Any) -> None:
+        if type == "DELETED":
+            return
+        namespace, name, job_name = str(body.meta["namespace"]), str(body.meta["name"]), str(body.status["jobName"])
+        found = kubeapi.get_job(namespace, job_name)
+        if found is None or not finished(found):
+            return  # running (its own events will come), or gone
+        _dispatch(kind.kind, namespace, name, job_name, runstate.interpret(found, kubeapi.job_pods(namespace, job_name)))
 
 
 def observe(kind: str) -> Callable[[Observer], Observer]:
@@ -69,10 +114,10 @@ def on_job_event(body: kopf.Body, type: str | None, **_: Any) -> None:
     if type == "DELETED":
         return
     labels = body.metadata.labels
-    observer = OBSERVERS.get(labels.get(f"{GROUP}/owner-kind", ""))
-    if observer is None:
+    kind = labels.get(f"{GROUP}/owner-kind", "")
+    if kind not in OBSERVERS:
         return
     namespace, name = body.metadata.namespace, body.metadata.name
     assert namespace is not None and name is not None
     state = runstate.interpret(dict(body), kubeapi.job_pods(namespace, name))
-    observer(namespace, labels[f"{GROUP}/owner-name"], name, state)
+    _dispatch(kind, namespace, labels[f"{GROUP}/owner-name"], name, state)

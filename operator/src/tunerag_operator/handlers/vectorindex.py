@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import threading
 from typing import Any
 
 import kopf
@@ -134,37 +133,8 @@ def start_run(spec: VectorIndexSpec, body: kopf.Body, config: OperatorConfig) ->
     return {"jobName": job_name, "phase": "Indexing", "refreshes": 0}
 
 
-# One observer at a time per VectorIndex: a Job's events and the VectorIndex's (`follow_run`) may
-# observe the same finished Job at once (both listings after a restart), and each reads the status
-# afresh, so the second finds the run recorded and records it no more.
-_OBSERVING: dict[tuple[str, str], threading.Lock] = {}
-
-
 @runs.observe(VECTORINDEX.kind)
 def observe_run(namespace: str, name: str, job_name: str, state: RunState) -> None:
-    with _OBSERVING.setdefault((namespace, name), threading.Lock()):
-        _observe_run(namespace, name, job_name, state)
-
-
-def _recorded_run_pending(status: kopf.Status, **_: Any) -> bool:
-    return status.get("phase") == "Indexing" and bool(status.get("jobName"))
-
-
-@kopf.on.event(GROUP, VERSION, VECTORINDEX.plural, id="follow-run", when=_recorded_run_pending)
-def follow_run(body: kopf.Body, type: str | None, **_: Any) -> None:
-    """The run's Job looked at again whenever the VectorIndex is seen Indexing: its own events miss
-    a Job that ended before the run was recorded (status.jobName), as when the operator died between
-    creating the Job and recording it and the Job ended while it was down (the reconcile, run again
-    after the restart, records it then; the Job's events all came before)."""
-    namespace, name, job_name = str(body.meta["namespace"]), str(body.meta["name"]), str(body.status["jobName"])
-    job = kubeapi.get_job(namespace, job_name) if type != "DELETED" else None
-    conditions = ((job or {}).get("status") or {}).get("conditions") or []
-    if job is None or not any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True" for c in conditions):
-        return  # running (its events will come), or gone
-    observe_run(namespace, name, job_name, runstate.interpret(job, kubeapi.job_pods(namespace, job_name)))
-
-
-def _observe_run(namespace: str, name: str, job_name: str, state: RunState) -> None:
     obj = kubeapi.get_custom(namespace, VECTORINDEX.plural, name)
     current = str((obj or {}).get("status", {}).get("jobName") or "")
     if obj is None or not current:
@@ -319,3 +289,4 @@ def drop_tables(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, **_: Any) -
 
 
 register(VECTORINDEX, check, initial_phase="Pending", act=start_run, export=export_metrics)
+runs.follow(VECTORINDEX, lambda status: status.get("phase") == "Indexing")
