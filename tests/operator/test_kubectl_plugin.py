@@ -55,7 +55,11 @@ class Plugin:
         return proc
 
     def popen(self, *args: str) -> subprocess.Popen[str]:
-        return subprocess.Popen(["kubectl", "tunerag", *args], env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        """Started as from a terminal, where Ctrl-C's SIGINT has its default action: a test run
+        launched in the background (`cmd &` without job control) ignores SIGINT, children inherit
+        that, and Python then never raises KeyboardInterrupt."""
+        return subprocess.Popen(["env", "--default-signal=INT", "kubectl", "tunerag", *args], env=self.env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def console_script(bin_dir: Path, name: str) -> Path:
