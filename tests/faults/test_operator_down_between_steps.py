@@ -44,7 +44,7 @@ from tunerag_operator.config import OperatorConfig
 from tunerag_operator.handlers import base
 from tunerag_operator.handlers.finetunejob import workload_run as finetune_run
 from tunerag_operator.handlers.vectorindex import INDEX_STEP, workload_run
-from tunerag_operator.render.workload import Owner, config_map, finalize_name, job
+from tunerag_operator.render.workload import Owner, WorkloadRun, config_map, finalize_name, job
 from workloads import finetune_fixtures as ff
 
 COUNTS = ("added", "updated", "deleted", "unchanged", "skipped")
@@ -95,6 +95,13 @@ def _chunks(db_uri: str, table: str) -> list[tuple[Any, ...]]:
     with psycopg.connect(db_uri) as conn:
         return conn.execute(sql.SQL("SELECT document, chunk_index, content_hash FROM {} ORDER BY 1, 2").format(
             sql.Identifier("public", table))).fetchall()
+
+
+def _left_by_a_crash(api: client.ApiClient, namespace: str, run: WorkloadRun) -> str:
+    """The ConfigMap and Job that `runs.start` creates for `run`, and nothing recorded on the owner:
+    what an operator killed between the two leaves. Returns the Job's name."""
+    client.CoreV1Api(api).create_namespaced_config_map(namespace, config_map(run))
+    return str(client.BatchV1Api(api).create_namespaced_job(namespace, job(run)).metadata.name)
 
 
 def _kill(operator: OperatorProcess) -> None:
@@ -197,10 +204,8 @@ def test_sharded_run_created_just_before_a_crash_finalizes_after_the_restart(
         obj = create(api, namespace, "VectorIndex", "handbook", spec)
         meta = obj["metadata"]
         owner = Owner("VectorIndex", "handbook", namespace, meta["uid"], meta["generation"])
-        run = workload_run(VectorIndexSpec.model_validate(obj["spec"]), owner, OperatorConfig.defaults().workloads_image)
-        client.CoreV1Api(api).create_namespaced_config_map(namespace, config_map(run))
-        client.BatchV1Api(api).create_namespaced_job(namespace, job(run))
-        shard_job = job(run)["metadata"]["name"]
+        shard_job = _left_by_a_crash(api, namespace, workload_run(
+            VectorIndexSpec.model_validate(obj["spec"]), owner, OperatorConfig.defaults().workloads_image))
         assert shard_job == "handbook-g1"
 
         reference = _reference(job_runner, namespace, pg_database)
@@ -227,10 +232,8 @@ def test_a_finetunejob_run_created_just_before_a_crash_is_recorded_after_the_res
         obj = create(api, namespace, "FineTuneJob", "colors-1", training)
         meta = obj["metadata"]
         owner = Owner("FineTuneJob", "colors-1", namespace, meta["uid"], meta["generation"])
-        run = finetune_run(FineTuneJobSpec.model_validate(obj["spec"]), owner, OperatorConfig.defaults().workloads_image)
-        client.CoreV1Api(api).create_namespaced_config_map(namespace, config_map(run))
-        client.BatchV1Api(api).create_namespaced_job(namespace, job(run))
-        name = job(run)["metadata"]["name"]
+        name = _left_by_a_crash(api, namespace, finetune_run(
+            FineTuneJobSpec.model_validate(obj["spec"]), owner, OperatorConfig.defaults().workloads_image))
         wait_for(lambda: _complete(api, namespace, name), 300, f"the Job {name} to be Complete (operator down)")
         assert not get(api, namespace, "FineTuneJob", "colors-1").get("status")
 

@@ -170,4 +170,6 @@ def export_metrics(namespace: str, name: str, body: kopf.Body) -> None:
 
 
 register(FINETUNEJOB, check, initial_phase="Pending", act=start_run, export=export_metrics)
-runs.follow(FINETUNEJOB, lambda status: status.get("phase") in ACTIVE)
+# A run recorded after its Job ended (the operator died in between) is still Pending; once the run
+# has moved on, its Job's own events follow it (and progress writes need no Job read each).
+runs.follow(FINETUNEJOB, lambda status: status.get("phase") == "Pending")

@@ -45,6 +45,7 @@ def _dispatch(kind: str, namespace: str, owner: str, job_name: str, state: RunSt
 
 
 def finished(job: dict[str, Any]) -> bool:
+    """Whether the Job has ended: Complete or Failed."""
     return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
                for c in (job.get("status") or {}).get("conditions") or [])
 
@@ -87,10 +88,9 @@ def start(run: WorkloadRun) -> str:
 def prune(namespace: str, owner_kind: str, owner_name: str, keep: int) -> None:
     """Deletes the owner's finished run Jobs beyond the newest `keep` (periodic runs must not pile up)."""
     selector = f"{GROUP}/owner-kind={owner_kind},{GROUP}/owner-name={owner_name}"
-    finished = [j for j in kubeapi.list_jobs(namespace, selector) if (j.get("status") or {}).get("completionTime")
-                or any(c.get("type") == "Failed" and c.get("status") == "True" for c in (j.get("status") or {}).get("conditions") or [])]
-    finished.sort(key=lambda j: j["metadata"].get("creationTimestamp") or "", reverse=True)
-    for old in finished[keep:]:
+    ended = [j for j in kubeapi.list_jobs(namespace, selector) if finished(j)]
+    ended.sort(key=lambda j: j["metadata"].get("creationTimestamp") or "", reverse=True)
+    for old in ended[keep:]:
         kubeapi.delete_job(namespace, old["metadata"]["name"])
 
 
