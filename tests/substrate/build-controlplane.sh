@@ -11,6 +11,17 @@ if [[ -x "$out/kube-apiserver" && -x "$out/etcd" ]]; then
   echo "$out"
   exit 0
 fi
+# One build at a time (a `make test` and a `make quickstart` started together): the second waits
+# for the first, then finds its binaries. Without the lock the later one's rename removed the
+# earlier one's result.
+mkdir -p "$cache_root/controlplane"
+exec 9>"$cache_root/controlplane/.lock"
+flock 9
+if [[ -x "$out/kube-apiserver" && -x "$out/etcd" ]]; then
+  echo "$out"
+  exit 0
+fi
+rm -rf "$out.tmp"
 mkdir -p "$out.tmp"
 export CGO_ENABLED=0 GOFLAGS="-mod=mod -trimpath"
 for component in etcd kube-apiserver; do

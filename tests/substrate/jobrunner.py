@@ -557,10 +557,9 @@ class JobRunner:
         container = pod["spec"]["containers"][0]
         root.mkdir(parents=True, exist_ok=True)
         mounts = self._materialise_volumes(pod, container, root)
-        env = self._container_env(pod, container)
+        declared = self._container_env(pod, container)
         paths = PathMap({**mounts, **self._mount_parents(mounts, root / "rootfs")})
-        env = {**env, **self.env_overrides, "JOBRUNNER_PATH_MAP": json.dumps({k: str(v) for k, v in paths.mapping.items()})}
-        env = {k: paths(v) for k, v in env.items()}
+        env = self._process_env(pod, declared, paths)
         argv = [paths(expand_vars(a, env)) for a in (container.get("command") or []) + (container.get("args") or [])]
         return argv, env, self._working_dir(container, paths, root)
 
@@ -862,7 +861,7 @@ class JobRunner:
         root.mkdir(parents=True, exist_ok=True)
         try:
             mounts = self._materialise_volumes(pod, container, root)
-            env = self._container_env(pod, container)
+            declared = self._container_env(pod, container)
         except ConfigError as err:
             self._queue.add(self._job_key(pod), 1.0)
             return self._patch_pod_status(pod, self._waiting_status(pod, err.reason, err.message))
@@ -870,8 +869,7 @@ class JobRunner:
         termination_path.write_bytes(b"")
         paths = PathMap({**mounts, **self._mount_parents(mounts, root / "rootfs"),
                          container.get("terminationMessagePath") or DEFAULT_TERMINATION_PATH: termination_path})
-        env = {**env, **self.env_overrides, "JOBRUNNER_PATH_MAP": json.dumps({k: str(v) for k, v in paths.mapping.items()})}
-        env = {k: paths(v) for k, v in env.items()}
+        env = self._process_env(pod, declared, paths)
         argv = [paths(expand_vars(a, env)) for a in (container.get("command") or []) + (container.get("args") or [])]
         cwd = self._working_dir(container, paths, root)
         log_path = self.log_path(ns, name)
@@ -1096,13 +1094,29 @@ class JobRunner:
             raise ConfigError("CreateContainerConfigError", f"couldn't find key {ref['key']} in {kind} {ns}/{ref.get('name')}")
         return data[ref["key"]].decode(errors="replace")
 
+    @staticmethod
+    def _host_env(pod: Obj) -> dict[str, str]:
+        """What a container gets without declaring it: PATH and the locale of this machine, and
+        the pod's hostname."""
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOSTNAME": meta(pod)["name"]}
+        return env | {var: os.environ[var] for var in ("LANG", "LC_ALL") if var in os.environ}
+
+    def _process_env(self, pod: Obj, declared: dict[str, str], paths: PathMap) -> dict[str, str]:
+        """The process environment: this machine's basics, the container's declared variables
+        with their in-container paths mapped to local folders, then `env_overrides` and the path
+        map. Only what the pod declares is mapped: the basics and the overrides are this
+        machine's own paths (the interpreter, the checkout, the cache), which a mount such as an
+        emptyDir at /tmp must not rewrite into the pod's folder."""
+        mapped = {k: paths(v) for k, v in declared.items()}
+        path_map = json.dumps({k: str(v) for k, v in paths.mapping.items()})
+        return {**self._host_env(pod), **mapped, **self.env_overrides, "JOBRUNNER_PATH_MAP": path_map}
+
     def _container_env(self, pod: Obj, container: Obj) -> dict[str, str]:
-        """The process environment: a container's basics, envFrom, then env (env wins)."""
+        """The variables a container declares: envFrom, then env (env wins); `$(VAR)` in a value
+        expands against those and the basics (`_host_env`)."""
         ns = meta(pod)["namespace"]
-        env: dict[str, str] = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOSTNAME": meta(pod)["name"]}
-        for var in ("LANG", "LC_ALL"):
-            if var in os.environ:
-                env[var] = os.environ[var]
+        basics = self._host_env(pod)
+        env: dict[str, str] = {}
         for source in container.get("envFrom") or []:
             prefix = source.get("prefix", "")
             for kind, ref in (("ConfigMap", source.get("configMapRef")), ("Secret", source.get("secretRef"))):
@@ -1111,7 +1125,7 @@ class JobRunner:
                 data = self._source_data(kind, ns, ref.get("name", ""), bool(ref.get("optional")), "CreateContainerConfigError")
                 env.update({prefix + k: v.decode(errors="replace") for k, v in (data or {}).items()})
         for var in container.get("env") or []:
-            value = self._env_value(pod, container, var, env)
+            value = self._env_value(pod, container, var, basics | env)
             if value is not None:
                 env[var["name"]] = value
         return env

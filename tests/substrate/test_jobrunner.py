@@ -9,8 +9,10 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import textwrap
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -144,6 +146,36 @@ def test_job_reads_configmap_and_secret_and_completes(api: client.ApiClient, nam
     assert owner["kind"] == "Job" and owner["controller"] is True
     assert labels["batch.kubernetes.io/controller-uid"] == owner["uid"]
     assert job_runner.log_path(namespace, pod["metadata"]["name"]).read_text() == "working\n"
+
+
+def test_host_paths_the_harness_adds_are_not_mapped_into_mounts(
+    api: client.ApiClient, namespace: str, job_runner: JobRunner
+) -> None:
+    """A checkout or cache under a path a pod also mounts (an emptyDir at /tmp, with the checkout
+    under /tmp): the harness's own PATH and PYTHONPATH are this machine's and stay as they are, so
+    the pod runs this interpreter with the project importable; what the pod itself declares is
+    still mapped."""
+    checkout = str(Path(__file__).resolve().parents[2])
+    interpreter_root = str(Path(sys.executable).parents[1])
+    script = """
+        import json, os, sys
+        import tunerag_workloads
+        print(json.dumps({"python": sys.executable, "declared": os.environ["SCRATCH_FILE"]}), flush=True)
+    """
+    make_job(api, namespace, "host-paths", script, container={
+        "env": [{"name": "SCRATCH_FILE", "value": f"{checkout}/scratch.txt"}],
+        "volumeMounts": [{"name": "checkout", "mountPath": checkout}, {"name": "venv", "mountPath": interpreter_root}],
+    }, pod_spec={"volumes": [{"name": "checkout", "emptyDir": {}}, {"name": "venv", "emptyDir": {}}]})
+
+    status = wait_finished(api, namespace, "host-paths")
+
+    [pod] = pods_of(api, namespace, "host-paths")
+    log = job_runner.log_path(namespace, pod["metadata"]["name"]).read_text()
+    assert "Complete" in conditions(status), log
+    seen = json.loads(log.splitlines()[-1])
+    assert Path(seen["python"]).parent == Path(sys.executable).parent, seen
+    # The pod's own value names its mount, so it is the pod's folder, not the checkout.
+    assert seen["declared"].endswith("/scratch.txt") and not seen["declared"].startswith(f"{checkout}/"), seen
 
 
 def test_failing_job_retries_until_backoff_limit(api: client.ApiClient, namespace: str, job_runner: JobRunner) -> None:
