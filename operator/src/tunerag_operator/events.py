@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, cast
 
 import kopf
@@ -19,3 +20,49 @@ def info(obj: dict[str, Any], reason: str, message: str) -> None:
 
 def warn(obj: dict[str, Any], reason: str, message: str) -> None:
     kopf.warn(_body(obj), reason=reason, message=printable(message)[:1024])
+
+
+# Statuses the API server answers a write it will not take as it is: a retry of the same write is
+# refused the same way (unlike 409 Conflict, 429 or 5xx, which kopf retries and which pass).
+REFUSED = (400, 403, 413, 422)
+
+
+class RefusedWrites(logging.Handler):
+    """Says on the resource when the API server refuses kopf's write of it.
+
+    kopf applies a handler's status and its own bookkeeping after the handler returns; when the
+    API server refuses that patch (a validating admission policy, a webhook, an object over a
+    size limit), kopf only logs it and retries with back-off, and the resource shows nothing.
+    This handler, on kopf's per-object logger, posts a Warning Event `WriteRefused` with the API
+    server's answer, once per distinct answer per object (retries of the same refusal add no
+    Events), so `kubectl describe` says why the status does not move. A condition cannot carry
+    it: the refused write is the status write itself."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.ERROR)
+        self._said: dict[str, str] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        error = record.exc_info[1] if record.exc_info else None
+        ref = getattr(record, "k8s_ref", None)
+        status = getattr(error, "status", None)
+        if error is None or not isinstance(ref, dict) or status not in REFUSED or not ref.get("uid"):
+            return
+        answer = str(getattr(error, "message", None) or error)
+        if self._said.get(ref["uid"]) == answer:
+            return
+        self._said[ref["uid"]] = answer
+        body = {"apiVersion": ref.get("apiVersion"), "kind": ref.get("kind"),
+                "metadata": {k: ref.get(k) for k in ("name", "namespace", "uid")}}
+        try:
+            warn(body, "WriteRefused", f"The API server refused the operator's write of this {ref.get('kind')} "
+                 f"({status}); its status cannot change until that is fixed: {answer}")
+        except LookupError:  # outside kopf's processing (no event queue): the log line says it
+            pass
+
+
+def report_refused_writes() -> None:
+    """Attaches `RefusedWrites` to kopf's per-object logger (once)."""
+    objects = logging.getLogger("kopf.objects")
+    if not any(isinstance(h, RefusedWrites) for h in objects.handlers):
+        objects.addHandler(RefusedWrites())

@@ -9,7 +9,7 @@ import kopf
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from tunerag_operator import kubeapi
+from tunerag_operator import bookkeeping, events, kubeapi
 from tunerag_operator.api.common import GROUP
 from tunerag_operator.config import OperatorConfig
 
@@ -20,12 +20,10 @@ PEERING_GROUP = "kopf.dev"
 
 def configure(settings: kopf.OperatorSettings) -> None:
     settings.persistence.finalizer = FINALIZER
-    # Progress and diff-base live in annotations: the structural status schema would prune
-    # anything kopf wrote under status.
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration"
-    )
+    # kopf's diff base and handler progress live under status.kopf, out of the user's annotation
+    # budget (see bookkeeping).
+    bookkeeping.configure(settings)
+    events.report_refused_writes()
     settings.posting.enabled = True
     settings.posting.level = logging.INFO
     # Watches are re-opened every few minutes even when quiet, so a silently dropped connection

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
@@ -90,6 +90,9 @@ class Condition(ApiModel):
 class StatusBase(ApiModel):
     """Fields every status carries."""
 
+    kopf: dict[str, Any] | None = Field(
+        default=None,
+        description="The operator framework's own bookkeeping (the last handled spec, handler progress); not for users.")
     observed_generation: int | None = Field(default=None, description="The .metadata.generation the status reflects.")
     conditions: list[Condition] = Field(
         default_factory=list, max_length=32,

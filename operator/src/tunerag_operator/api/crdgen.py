@@ -6,7 +6,8 @@
 Pydantic's JSON Schema is turned into a Kubernetes *structural* schema: references inlined,
 `Optional[X]` collapsed to X, single-value literals made enums, exclusive bounds in OpenAPI 3.0 form, defaults of nested objects
 materialised (so the API server defaults nested fields too), titles and `additionalProperties:
-false` dropped (unknown fields are pruned by the API server instead).
+false` dropped (unknown fields are pruned by the API server instead), and a free-form object
+(`dict[str, Any]`) kept whole with `x-kubernetes-preserve-unknown-fields`.
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ def _structural(node: Any, defs: JSON) -> Any:
         if isinstance(node.get(exclusive), int | float) and not isinstance(node[exclusive], bool):
             node[bound], node[exclusive] = node[exclusive], True  # JSON Schema 2020-12 -> OpenAPI 3.0
     node.pop("title", None)
-    if node.get("additionalProperties") is False:
+    if isinstance(node.get("additionalProperties"), bool):
+        # false: unknown fields are pruned anyway; true (a free-form dict): kept, below.
         del node["additionalProperties"]
     if "default" in node:
         default = _strip_none(node["default"])
