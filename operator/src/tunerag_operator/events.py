@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any, cast
 
@@ -54,11 +55,9 @@ class RefusedWrites(logging.Handler):
         self._said[ref["uid"]] = answer
         body = {"apiVersion": ref.get("apiVersion"), "kind": ref.get("kind"),
                 "metadata": {k: ref.get(k) for k in ("name", "namespace", "uid")}}
-        try:
+        with contextlib.suppress(LookupError):  # outside kopf's processing (no event queue): the log says it
             warn(body, "WriteRefused", f"The API server refused the operator's write of this {ref.get('kind')} "
                  f"({status}); its status cannot change until that is fixed: {answer}")
-        except LookupError:  # outside kopf's processing (no event queue): the log line says it
-            pass
 
 
 def report_refused_writes() -> None:
