@@ -14,6 +14,14 @@ if [[ -x "$out/versitygw" ]]; then
   echo "$out/versitygw"
   exit 0
 fi
+# One build at a time, as build-controlplane.sh: a second set-up waits, then finds the binary.
+mkdir -p "$cache_root/s3"
+exec 9>"$cache_root/s3/.lock"
+flock 9
+if [[ -x "$out/versitygw" ]]; then
+  echo "$out/versitygw"
+  exit 0
+fi
 rm -rf "$out.tmp" && mkdir -p "$out.tmp"
 export CGO_ENABLED=0 GOFLAGS="-mod=mod -trimpath"
 start=$(date +%s)
