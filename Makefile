@@ -1,4 +1,4 @@
-.PHONY: quickstart test crds lint
+.PHONY: quickstart test crds lint mutation
 
 quickstart: ## set everything up on a fresh machine and run the example pipeline
 	bash .ci/quickstart $(ARGS)
@@ -11,3 +11,6 @@ crds: ## regenerate CRDs from the pydantic models
 
 lint:
 	eval "$$(bash .ci/setup)" && ruff check operator tests workloads && mypy
+
+mutation: ## mutation check of the decision modules (slow; not in CI): make mutation [MODULE=rollout-steps] (see --list)
+	bash .ci/mutation $(foreach m,$(MODULE),--module $(m)) $(ARGS)
