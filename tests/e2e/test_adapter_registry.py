@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from substrate.controlplane import ControlPlane
 from substrate.jobrunner import JobRunner
@@ -40,6 +41,43 @@ def test_concurrent_registrations_get_distinct_versions(
     assert registry.next_version(namespace, "fam") == 9
 
 
+
+def test_numbers_follow_the_family_and_skip_names_taken(
+    control_plane: ControlPlane, api: client.ApiClient, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(control_plane.kubeconfig))
+    assert registry.next_version(namespace, "fam") == 1  # an empty family starts at 1
+    assert registry.register(namespace, "fam", "job-a", "uid-a", SPEC)["metadata"]["name"] == "fam-v1"
+    # fam-v2 registered by hand (no family label): the operator's next number collides, takes v3.
+    _create(api, namespace, "fam-v2", "file:///artifacts/y", "e" * 64, family="fam", version=2)
+    assert registry.next_version(namespace, "fam") == 2
+    third = registry.register(namespace, "fam", "job-b", "uid-b", SPEC)
+    assert (third["metadata"]["name"], third["spec"]["version"]) == ("fam-v3", 3)
+    assert third["metadata"]["labels"] == {registry.FAMILY: "fam", registry.JOB_NAME: "job-b", registry.JOB_UID: "uid-b"}
+    assert third["spec"]["family"] == "fam" and third["spec"]["artifact"] == SPEC["artifact"]
+    # Another family counts from 1; the first one's registrations are found again by uid.
+    assert registry.register(namespace, "other", "job-c", "uid-c", SPEC)["spec"]["version"] == 1
+    assert registry.find_for_job(namespace, "uid-b")["metadata"]["name"] == "fam-v3"  # type: ignore[index]
+    assert registry.find_for_job(namespace, "uid-none") is None
+    assert registry.next_version(namespace, "fam") == 4
+
+
+def test_a_refused_registration_is_not_retried_and_collisions_are_bounded(
+    control_plane: ControlPlane, api: client.ApiClient, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(control_plane.kubeconfig))
+    bad = {**SPEC, "artifact": {**SPEC["artifact"], "sha256": "not-a-digest"}}
+    with pytest.raises(ApiException) as refused:
+        registry.register(namespace, "fam", "job-a", "uid-a", bad)
+    assert refused.value.status == 422
+    for n in (1, 2):
+        _create(api, namespace, f"busy-v{n}", "file:///artifacts/y", "e" * 64, family="busy", version=n)
+    monkeypatch.setattr(registry, "MAX_ATTEMPTS", 2)
+    with pytest.raises(RuntimeError, match="could not allocate a version of busy after 2 attempts"):
+        registry.register(namespace, "busy", "job-b", "uid-b", SPEC)
+    monkeypatch.setattr(registry, "MAX_ATTEMPTS", 3)
+    assert registry.register(namespace, "busy", "job-b", "uid-b", SPEC)["metadata"]["name"] == "busy-v3"
+
 def _adapter(folder: Path) -> str:
     folder.mkdir(parents=True)
     (folder / "adapter_config.json").write_text('{"r": 8}')
@@ -47,10 +85,11 @@ def _adapter(folder: Path) -> str:
     return str(build_manifest(folder)["sha256"])
 
 
-def _create(api: client.ApiClient, namespace: str, name: str, uri: str, sha: str) -> None:
+def _create(api: client.ApiClient, namespace: str, name: str, uri: str, sha: str, family: str = "external",
+            version: int | None = None) -> None:
     client.CustomObjectsApi(api).create_namespaced_custom_object(GROUP, VERSION, namespace, "adapterversions", {
         "apiVersion": f"{GROUP}/{VERSION}", "kind": "AdapterVersion", "metadata": {"name": name},
-        "spec": {"family": "external", "version": 1 if name.endswith("1") else 2, "baseModel": {"uri": "file:///models/base"},
+        "spec": {"family": family, "version": version or (1 if name.endswith("1") else 2), "baseModel": {"uri": "file:///models/base"},
                  "artifact": {"uri": uri, "sha256": sha}},
     })
 

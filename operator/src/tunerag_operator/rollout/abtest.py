@@ -6,15 +6,17 @@ marked RolledBack. Too few samples after three durations is Inconclusive: the st
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tunerag_operator import durations, kubeapi, metrics
+from tunerag_operator.api.rolloutpolicy import AbTest
 from tunerag_operator.conditions import now
 from tunerag_operator.render import inferenceservice as render
 from tunerag_operator.render.inferenceservice import Desired
 from tunerag_operator.rollout import prometheus
 from tunerag_operator.rollout.observe import Observed, failed_since, observe
-from tunerag_operator.rollout.stats import two_proportion_z
+from tunerag_operator.rollout.stats import ZTest, two_proportion_z
 
 if TYPE_CHECKING:
     from tunerag_operator.rollout.controller import Pass
@@ -100,20 +102,40 @@ def ab_pass(p: Pass) -> None:
         p.out.ready = ("False", "AnalysisInconclusive", p.status["message"])
         return None
     result["samples"] = {"stable": a[1], "candidate": b[1]}
+    d = decide(ab, a, b, elapsed)
+    if d.z is not None:
+        result.update(rates={"stable": d.z.rate_a, "candidate": d.z.rate_b}, zScore=d.z.z, pValue=d.z.p_value)
+    if d.outcome is None:
+        p.set(abTest=result, message=d.why)
+        return None
+    result["decision"] = d.decision
+    return _finish(p, stable, cand, d.outcome, d.why, result)
+
+
+@dataclass(frozen=True)
+class Decision:
+    decision: str  # status.abTest.decision: Running (keep waiting), Inconclusive, CandidateBetter, StableBetter, NoDifference
+    outcome: str | None  # Promoted, RolledBack, or None while the test goes on
+    why: str
+    z: ZTest | None = None
+
+
+def decide(ab: AbTest, stable: tuple[int, int], candidate: tuple[int, int], elapsed: float) -> Decision:
+    """What a test that has run `elapsed` seconds concludes from (successes, samples) per arm.
+    Only a candidate better at the stated confidence is promoted; too few samples after three
+    durations is Inconclusive, and the stable stays."""
+    duration = durations.seconds(ab.duration)
+    a, b = stable, candidate
     if min(a[1], b[1]) < ab.min_samples:
         if elapsed > 3 * duration:
-            result["decision"] = "Inconclusive"
-            return _finish(p, stable, cand, "RolledBack", f"too few samples after {3 * duration:g}s: {a[1]} and {b[1]} < {ab.min_samples}.", result)
-        p.set(abTest=result, message=f"A/B test: {a[1]} and {b[1]} samples, waiting for {ab.min_samples} per arm.")
-        return None
+            return Decision("Inconclusive", "RolledBack", f"too few samples after {3 * duration:g}s: {a[1]} and {b[1]} < {ab.min_samples}.")
+        return Decision("Running", None, f"A/B test: {a[1]} and {b[1]} samples, waiting for {ab.min_samples} per arm.")
     z = two_proportion_z(a[0], a[1], b[0], b[1])
-    result.update(rates={"stable": z.rate_a, "candidate": z.rate_b}, zScore=z.z, pValue=z.p_value)
     significant = z.p_value < 1 - ab.confidence
     if significant and z.z > 0:
-        result["decision"] = "CandidateBetter"
-        return _finish(p, stable, cand, "Promoted", f"{ab.metric} {z.rate_b:.3f} vs {z.rate_a:.3f}, p={z.p_value:.3g}.", result)
-    result["decision"] = "StableBetter" if significant else "NoDifference"
-    return _finish(p, stable, cand, "RolledBack", f"{ab.metric} {z.rate_b:.3f} vs {z.rate_a:.3f}, p={z.p_value:.3g}: not better at {ab.confidence:g}.", result)
+        return Decision("CandidateBetter", "Promoted", f"{ab.metric} {z.rate_b:.3f} vs {z.rate_a:.3f}, p={z.p_value:.3g}.", z)
+    return Decision("StableBetter" if significant else "NoDifference", "RolledBack",
+                    f"{ab.metric} {z.rate_b:.3f} vs {z.rate_a:.3f}, p={z.p_value:.3g}: not better at {ab.confidence:g}.", z)
 
 
 def _sync(p: Pass, stable: str | None, cand: str) -> Observed:

@@ -38,9 +38,7 @@ def expand(canary: Canary) -> list[Step]:
                 out.append(Step("analysis", metrics=tuple(s.analysis.metrics)))
         return out
     step = canary.step_weight or canary.max_weight
-    weights = list(range(step, canary.max_weight + 1, step))
-    if not weights or weights[-1] != canary.max_weight:
-        weights.append(canary.max_weight)
+    weights = [*range(step, canary.max_weight, step), canary.max_weight]
     return [s for w in weights for s in (Step("setWeight", weight=w), Step("analysis"))]
 
 

@@ -310,11 +310,17 @@ def save_checkpoint(store: Store, model: Any, optimizer: Any, scheduler: Any, st
         torch.save(rng, d / "rng.pt")
         (d / CHECKPOINT_MARKER).write_text(json.dumps(state, indent=2))
         uri = store.put_folder(d, f"checkpoints/step-{state['step']}", marker=CHECKPOINT_MARKER)
-    complete = sorted(s for s in (latest_steps(store)) if s != state["step"])
-    for old in complete[:-(KEEP_CHECKPOINTS - 1)] if KEEP_CHECKPOINTS > 1 else complete:
+    for old in stale_checkpoints(latest_steps(store), state["step"]):
         store.remove(f"checkpoints/step-{old}")
     distributed.barrier()
     return uri
+
+
+def stale_checkpoints(steps: list[int], current: int, keep: int = KEEP_CHECKPOINTS) -> list[int]:
+    """The checkpoints to remove once step `current` is written: all but the newest `keep`, the
+    current one counted among them."""
+    others = sorted(s for s in steps if s != current)
+    return others[:-(keep - 1)] if keep > 1 else others
 
 
 def latest_steps(store: Store) -> list[int]:

@@ -1,0 +1,146 @@
+"""Retrieval's ranking and settings on a real PostgreSQL + pgvector, fast: a table written through
+the index store with vectors chosen by hand, and a query encoder that maps each question to a
+chosen vector (the embedding model itself is tested in test_index.py). What a user sees: which
+chunks come back, in which order, with which scores, copies, filters and fused ranks. These are
+what the mutation check (`make mutation MODULE=retrieval`) runs against every mutant of search."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import psycopg
+import pytest
+
+from tunerag_workloads.index.store import Store, WriteItem
+from tunerag_workloads.retrieval import search
+
+# Unit vectors at distinct angles from the query direction (1, 0, 0): cosine distance grows with the angle.
+ANGLES = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
+
+
+def unit(angle: float) -> list[float]:
+    return [float(np.cos(angle)), float(np.sin(angle)), 0.0]
+
+
+class Encoder:
+    """Stands in for a SentenceTransformer: every question is the vector (1, 0, 0) unless named."""
+
+    def __init__(self, vectors: dict[str, list[float]] | None = None, dim: int = 3) -> None:
+        self.vectors = vectors or {}
+        self.dim = dim
+
+    def encode(self, texts: list[str], **_: Any) -> np.ndarray:
+        return np.array([self.vectors.get(t, [1.0, 0.0, 0.0][:self.dim] + [0.0] * (self.dim - 3)) for t in texts], dtype=np.float32)
+
+
+def build(conn: psycopg.Connection[Any], docs: list[tuple[str, str, list[float], dict[str, Any]]], distance: str = "cosine") -> None:
+    """One live version holding one chunk per (document, content, vector, metadata)."""
+    store = Store(conn, "public", "kb")
+    store.prepare()
+    version, _ = store.target(f"fp-{distance}", {}, 3)
+    items = [WriteItem(doc, hashlib.sha256(doc.encode()).hexdigest(), "text",
+                       [(0, content, {**meta, "headingPath": ["H", doc]}, hashlib.sha256(content.encode()).hexdigest())],
+                       np.array([vector], dtype=np.float32)) for doc, content, vector, meta in docs]
+    store.write_batch(version, items)
+    store.update_settings(version, {"model": "stand-in", "dimension": 3, "normalize": False, "distance": distance})
+    store.ensure_indexes(version, distance, {"type": "hnsw"})
+    store.switch(version)
+
+
+@pytest.fixture
+def conn(pg_database: str) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(pg_database, autocommit=True) as c:
+        yield c
+
+
+def test_nearest_first_with_cosine_scores_and_provenance(conn: psycopg.Connection[Any]) -> None:
+    build(conn, [(f"d{i}.md", f"passage {i}", unit(a), {"lang": "en"}) for i, a in enumerate(ANGLES[:4])])
+    hits = search(conn, "public", "kb", "q", k=3, model=Encoder())
+    assert [h.document for h in hits] == ["d0.md", "d1.md", "d2.md"]
+    assert [round(h.score, 4) for h in hits] == [round(float(np.cos(a)), 4) for a in ANGLES[:3]]  # 1 - cosine distance
+    assert (hits[0].chunk_index, hits[0].content, hits[0].table_version) == (0, "passage 0", "kb_v1")
+    assert hits[0].heading_path == ["H", "d0.md"] and hits[0].metadata["lang"] == "en"
+    assert hits[0].content_hash == hashlib.sha256(b"passage 0").hexdigest()
+    assert (hits[0].vector_rank, hits[0].text_rank, hits[0].duplicates) == (None, None, [])
+    assert len(search(conn, "public", "kb", "q", k=10, model=Encoder())) == 4  # fewer rows than k: all of them
+
+
+@pytest.mark.parametrize(("distance", "expected"), [
+    ("l2", [0.0, round(-float(np.sqrt(0.13)), 4)]),  # minus the euclidean distance
+    ("ip", [1.0, 0.8]),  # the inner product (pgvector's <#> is its negative)
+])
+def test_l2_and_inner_product_scores(conn: psycopg.Connection[Any], distance: str, expected: list[float]) -> None:
+    build(conn, [("a.md", "a", [1.0, 0.0, 0.0], {}), ("b.md", "b", [0.8, 0.0, 0.3], {})], distance)
+    hits = search(conn, "public", "kb", "q", k=2, model=Encoder())
+    assert [(h.document, round(h.score, 4)) for h in hits] == [("a.md", expected[0]), ("b.md", expected[1])]
+
+
+def test_copies_come_back_once_and_more_candidates_are_fetched(conn: psycopg.Connection[Any]) -> None:
+    # Ten copies of the nearest passage crowd out the next ones: search fetches more until k distinct.
+    docs = [(f"copy{i}.md", "the same passage", unit(0.01 * i), {}) for i in range(10)]
+    docs += [("other.md", "another passage", unit(0.5), {}), ("far.md", "a far passage", unit(0.7), {})]
+    build(conn, docs)
+    hits = search(conn, "public", "kb", "q", k=2, model=Encoder())
+    assert [h.document for h in hits] == ["copy0.md", "other.md"]
+    assert hits[0].duplicates == [f"copy{i}.md" for i in range(1, 10)] and hits[1].duplicates == []
+    raw = search(conn, "public", "kb", "q", k=3, model=Encoder(), distinct=False)
+    assert [h.document for h in raw] == ["copy0.md", "copy1.md", "copy2.md"]
+    three = search(conn, "public", "kb", "q", k=3, model=Encoder(), candidates=2)
+    assert [h.document for h in three] == ["copy0.md", "other.md", "far.md"]
+    assert len(search(conn, "public", "kb", "q", k=5, model=Encoder())) == 3  # only 3 distinct passages exist
+
+
+def test_a_copy_in_the_same_document_is_not_named_as_another(conn: psycopg.Connection[Any]) -> None:
+    store = Store(conn, "public", "kb")
+    store.prepare()
+    version, _ = store.target("fp", {}, 3)
+    h = hashlib.sha256(b"footer").hexdigest()
+    store.write_batch(version, [
+        WriteItem("a.md", "ha", "text", [(0, "footer", {}, h), (1, "footer", {}, h)], np.array([unit(0.0), unit(0.1)], dtype=np.float32)),
+        WriteItem("b.md", "hb", "text", [(0, "footer", {}, h)], np.array([unit(0.2)], dtype=np.float32)),
+        WriteItem("c.md", "hc", "text", [(0, "footer", {}, h)], np.array([unit(0.3)], dtype=np.float32))])
+    store.update_settings(version, {"model": "stand-in", "dimension": 3, "normalize": False, "distance": "cosine"})
+    store.switch(version)
+    hits = search(conn, "public", "kb", "q", k=2, model=Encoder())
+    assert [(h.document, h.chunk_index, h.duplicates) for h in hits] == [("a.md", 0, ["b.md", "c.md"])]
+
+
+def test_hybrid_fuses_vector_and_text_ranks(conn: psycopg.Connection[Any]) -> None:
+    build(conn, [("near.md", "bread and butter", unit(0.0), {}), ("mid.md", "tea brewing", unit(0.3), {}),
+                 ("far.md", "volcano eruption lava", unit(0.7), {})])
+    hits = search(conn, "public", "kb", "volcano lava", k=3, model=Encoder(), hybrid=True)
+    by_doc = {h.document: h for h in hits}
+    # far.md is last by vector (rank 3) but the only text match (rank 1): 1/63 + 1/61 beats 1/61 alone.
+    assert [h.document for h in hits] == ["far.md", "near.md", "mid.md"]
+    assert (by_doc["far.md"].vector_rank, by_doc["far.md"].text_rank) == (3, 1)
+    assert (by_doc["near.md"].vector_rank, by_doc["near.md"].text_rank) == (1, None)
+    assert by_doc["far.md"].score == pytest.approx(1 / 63 + 1 / 61)
+    assert by_doc["near.md"].score == pytest.approx(1 / 61) and by_doc["mid.md"].score == pytest.approx(1 / 62)
+    # A text match outside the vector candidates still comes back, by its text rank alone.
+    two = search(conn, "public", "kb", "volcano lava", k=2, model=Encoder(), hybrid=True, candidates=1, distinct=False)
+    assert [(h.document, h.vector_rank, h.text_rank) for h in two] == [("near.md", 1, None), ("far.md", None, 1)]
+
+
+def test_filters_by_document_prefix_and_metadata(conn: psycopg.Connection[Any]) -> None:
+    build(conn, [("guide/a.md", "a", unit(0.0), {"team": "x"}), ("guide_old/b.md", "b", unit(0.1), {"team": "y"}),
+                 ("notes/c.md", "c", unit(0.2), {"team": "x"}), ("100%/d.md", "d", unit(0.3), {})])
+    docs = lambda **f: [h.document for h in search(conn, "public", "kb", "q", k=5, model=Encoder(), filters=f)]  # noqa: E731
+    assert docs(document="notes/c.md") == ["notes/c.md"]
+    assert docs(document=["notes/c.md", "guide/a.md"]) == ["guide/a.md", "notes/c.md"]
+    assert docs(documentPrefix="guide/") == ["guide/a.md"]
+    assert docs(documentPrefix="guide_") == ["guide_old/b.md"]  # _ is a character, not a wildcard
+    assert docs(documentPrefix="100%") == ["100%/d.md"]
+    assert docs(team="x") == ["guide/a.md", "notes/c.md"]
+    assert docs(team="x", documentPrefix="notes/") == ["notes/c.md"]
+
+
+def test_a_query_model_of_another_dimension_or_no_live_version_is_refused(conn: psycopg.Connection[Any]) -> None:
+    Store(conn, "public", "kb").prepare()  # the index exists, no run has finished yet
+    with pytest.raises(LookupError, match="no live version"):
+        search(conn, "public", "kb", "q", model=Encoder())
+    build(conn, [("a.md", "a", unit(0.0), {})])
+    with pytest.raises(ValueError, match="produces 4 dimensions; kb_v1 holds 3"):
+        search(conn, "public", "kb", "q", model=Encoder(dim=4))
