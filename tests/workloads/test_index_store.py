@@ -1,7 +1,8 @@
-"""The index store's bookkeeping, on a real PostgreSQL + pgvector without an embedding model: which
-version a run writes (resume, rebuild, abandoned builds), what an incremental run replaces and
-deletes, the switch readers see, and the counts a VectorIndex reports. These are what the mutation
-check (`make mutation MODULE=index-store`) runs against every mutant of the store's decisions."""
+"""Incremental indexing without an embedding model: what a run does with each document, and the
+index store's bookkeeping on a real PostgreSQL + pgvector (which version a run writes: resume,
+rebuild, abandoned builds; what an incremental run replaces and deletes; the switch readers see;
+the counts a VectorIndex reports). These are what the mutation check (`make mutation
+MODULE=index-store`, `MODULE=index-changes`) runs against every mutant of those decisions."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from tunerag_workloads.index.pipeline import changes
 from tunerag_workloads.index.store import Store, Version, WriteItem, identifier
 
 DIM = 3
@@ -141,3 +143,15 @@ def test_identifiers_fit_postgres_limit() -> None:
     digest = hashlib.sha256(("t" * 55 + "_versions").encode()).hexdigest()[:8]
     assert long == "t" * 54 + "_" + digest and len(long) == 63
     assert identifier("t" * 60, "v1") != identifier("t" * 60, "v2")
+
+
+def test_what_an_incremental_run_does_with_each_document() -> None:
+    indexed = {"same.md": "h1", "edited.md": "h2", "gone.md": "h3", "unreadable.pdf": "h4", "b.md": "h5"}
+    current = {"same.md": "h1", "edited.md": "h2-new", "new.md": "h6", "b.md": "h5", "a-new.md": "h7"}
+    added, updated, unchanged, deleted = changes(indexed, current, {"unreadable.pdf"})
+    assert added == ["a-new.md", "new.md"]
+    assert updated == ["edited.md"]
+    assert unchanged == ["b.md", "same.md"]
+    assert deleted == ["gone.md"]  # the unreadable file keeps what was indexed
+    assert changes(indexed, current, set())[3] == ["gone.md", "unreadable.pdf"]
+    assert changes({}, {}, set()) == ([], [], [], [])

@@ -85,6 +85,17 @@ class _Writer(threading.Thread):
             raise self.error
 
 
+def changes(indexed: dict[str, str], current: dict[str, str], kept: set[str]) -> tuple[list[str], list[str], list[str], list[str]]:
+    """What an incremental run does with each document, sorted by path: (added, updated,
+    unchanged, deleted). `indexed` and `current` map paths to content hashes (the table's, the
+    readable source files'); `kept` are indexed documents unreadable now, left as they are."""
+    added = sorted(p for p in current if p not in indexed)
+    updated = sorted(p for p in current if p in indexed and indexed[p] != current[p])
+    unchanged = sorted(p for p in current if p in indexed and indexed[p] == current[p])
+    deleted = sorted(p for p in indexed if p not in current and p not in kept)
+    return added, updated, unchanged, deleted
+
+
 def shard_of(path: str, shards: int) -> int:
     """The shard of a document: a stable hash of its path (the same in every run and process)."""
     return int.from_bytes(hashlib.sha256(path.encode()).digest()[:8], "big") % shards
@@ -167,10 +178,7 @@ def _run(spec_in: dict[str, Any] | IndexSpec, db_uri: str, source_dir: str | Non
             if i % 500 == 0:
                 report_progress(stage="scan", done=i, total=len(files))
 
-        added = sorted(p for p in current if p not in indexed)
-        updated = sorted(p for p in current if p in indexed and indexed[p] != current[p])
-        unchanged = sorted(p for p in current if p in indexed and indexed[p] == current[p])
-        deleted = sorted(p for p in indexed if p not in current and p not in kept_unreadable)
+        added, updated, unchanged, deleted = changes(indexed, current, kept_unreadable)
         store.delete_documents(version, deleted)
 
         by_path = {f.path: f for f in files}
