@@ -35,7 +35,7 @@ DEFAULT_RETRY_DELAY = 15.0
 def describe_validation_error(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
-        path = "spec." + ".".join(str(p) for p in err["loc"])
+        path = ".".join(["spec", *(str(p) for p in err["loc"])])  # loc is empty for a rule on the whole spec
         parts.append(f"{path}: {err['msg']}")
     return "; ".join(parts)
 

@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any
 
 import kopf
+from pydantic import ValidationError
 
 from tunerag_operator import durations, events, kubeapi, metrics, references, runstate
 from tunerag_operator.api.common import GROUP, VERSION
@@ -14,7 +15,7 @@ from tunerag_operator.api.vectorindex import VectorIndexSpec
 from tunerag_operator.conditions import now, set_condition
 from tunerag_operator.config import OperatorConfig
 from tunerag_operator.handlers import runs
-from tunerag_operator.handlers.base import register
+from tunerag_operator.handlers.base import describe_validation_error, register
 from tunerag_operator.handlers.timers import owns_status
 from tunerag_operator.references import Problem
 from tunerag_operator.render.workload import (
@@ -233,7 +234,10 @@ def refresh(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, **_: Any) -> No
     """spec.refresh.interval: re-run the (incremental) indexing when the interval has passed since
     the last run ended. Only a Ready or Failed index is refreshed, so runs never overlap; old run
     Jobs are pruned to the newest KEEP_RUNS."""
-    spec = VectorIndexSpec.model_validate(dict(body.spec))
+    try:
+        spec = VectorIndexSpec.model_validate(dict(body.spec))
+    except ValidationError:
+        return  # stored before a rule refused it: the reconcile reports InvalidSpec; nothing runs
     assert spec.refresh.interval is not None
     status = body.status
     ready: dict[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
@@ -259,8 +263,17 @@ def drop_tables(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, **_: Any) -
     """deletionPolicy: Delete. A Job drops the index's tables; the finalizer goes once it succeeded.
     A database that stays unreachable does not hold the VectorIndex forever: after DROP_ATTEMPTS
     failed Jobs (`<name>-drop<n>`, counted from the Jobs themselves, so an operator restart
-    neither repeats nor skips one) the VectorIndex is released and a Warning names what was left."""
-    spec = VectorIndexSpec.model_validate(dict(body.spec))
+    neither repeats nor skips one) the VectorIndex is released and a Warning names what was left.
+    A spec the models refuse (stored before a rule was added, e.g. a pg_* schema) runs no Job."""
+    try:
+        spec = VectorIndexSpec.model_validate(dict(body.spec))
+    except ValidationError as exc:
+        store = body.spec.get("store") or {}
+        kopf.warn(body, reason="TablesLeftBehind",
+                  message=f"The spec is not valid ({describe_validation_error(exc)}), so no Job drops "
+                          f"{store.get('schema', 'public')}.{store.get('table')}: the VectorIndex is deleted and its "
+                          "tables are left in place: drop them by hand.")
+        return
     config = memo.get("config") or OperatorConfig.defaults()
     owner = Owner(VECTORINDEX.kind, body.meta["name"], body.meta["namespace"], body.meta["uid"], body.meta["generation"])
     target = f"{spec.store.schema_}.{spec.store.table}"
