@@ -88,7 +88,27 @@ def _structural(node: Any, defs: JSON) -> Any:
             out[key] = value
     if out.get("type") == "object" and "properties" not in out and "additionalProperties" not in out:
         out["x-kubernetes-preserve-unknown-fields"] = True
+    if out.get("type") == "number" and (rules := _fractional_bounds(out)):
+        out["x-kubernetes-validations"] = [*out.get("x-kubernetes-validations", []), *rules]
     return out
+
+
+def _fractional_bounds(node: JSON) -> list[JSON]:
+    """CEL rules repeating a number's fractional bounds where the schema alone lets an integer
+    through. The API server checks an integer value against the bound cut to an integer
+    (kube-openapi's MinimumInt/MaximumInt truncate towards zero), so `holdoutFraction: 0` passed
+    `minimum: 0.05` (a minimum above zero, or a maximum below, is loosened); in CEL the value is a
+    double and the bound stays what it is."""
+    rules = []
+    for bound, exclusive, op, words in (("minimum", "exclusiveMinimum", ">", "greater than"),
+                                        ("maximum", "exclusiveMaximum", "<", "less than")):
+        value = node.get(bound)
+        loosened = isinstance(value, float) and not value.is_integer() and (value > 0 if bound == "minimum" else value < 0)
+        if loosened:
+            strict = node.get(exclusive) is True
+            rules.append({"rule": f"self {op}{'' if strict else '='} {value!r}",
+                          "message": f"should be {words}{'' if strict else ' or equal to'} {value!r}"})
+    return rules
 
 
 def model_schema(model: type) -> JSON:
