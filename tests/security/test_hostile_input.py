@@ -66,7 +66,16 @@ version: 1
 baseModel: {uri: "file:///models/base"}
 artifact: {uri: "file:///artifacts/demo/1", sha256: "%s"}
 """ % ("a" * 64)
-BASE = {"VectorIndex": VIDX, "FineTuneJob": FTJ, "AdapterVersion": AV}
+FTS = """
+minNewSamples: 100
+feedback: {rolloutPolicy: qa}
+template:
+  baseModel: {uri: "file:///models/base"}
+  adapter: {family: demo}
+  dataset: {train: {uri: "file:///data/train.jsonl"}}
+  output: {uri: "file:///artifacts"}
+"""
+BASE = {"VectorIndex": VIDX, "FineTuneJob": FTJ, "AdapterVersion": AV, "FineTuneSchedule": FTS}
 
 
 def _set(doc: dict[str, Any], path: str, value: Any) -> None:
@@ -125,6 +134,14 @@ REFUSED: list[tuple[str, str, str, list[str]]] = [
     ("uri-scheme-uppercase", "VectorIndex", 'source.uri: "PVC://docs/x"', ["spec.source.uri", "should match"]),
     ("uri-single-slash", "FineTuneJob", 'output.uri: "file:/etc"', ["spec.output.uri", "should match"]),
     ("uri-too-long", "VectorIndex", f'source.uri: "file:///{"a" * 2048}"', ["spec.source.uri", "Too long", "2048"]),
+    # A pvc:// URI that names no claim that could exist: the claim is a DNS subdomain (these were
+    # refused by the reconcile, PersistentVolumeClaimNotFound, before admission said so).
+    ("pvc-without-claim", "VectorIndex", 'source.uri: "pvc:///etc/passwd"', ["spec.source.uri", "must name a PersistentVolumeClaim"]),
+    ("pvc-dot-claim", "VectorIndex", 'source.uri: "pvc://./handbook"', ["spec.source.uri", "must name a PersistentVolumeClaim"]),
+    ("pvc-claim-not-a-name", "VectorIndex", 'source.uri: "pvc://Docs_1/handbook"', ["spec.source.uri", "must name a PersistentVolumeClaim"]),
+    ("pvc-output-without-claim", "FineTuneJob", 'output.uri: "pvc:///"', ["spec.output.uri", "must name a PersistentVolumeClaim"]),
+    ("pvc-claim-double-dot", "FineTuneJob", 'dataset.train.uri: "pvc://a..b/train.jsonl"',
+     ["spec.dataset.train.uri", "must name a PersistentVolumeClaim"]),
     # References: names and keys that try to leave the namespace or the Secret.
     ("secret-key-traversal", "VectorIndex", 'store.connectionSecret.key: "../uri"', ["spec.store.connectionSecret.key", "should match"]),
     ("secret-key-dot", "VectorIndex", 'store.connectionSecret.key: "."', ["spec.store.connectionSecret.key", "should match"]),
@@ -230,16 +247,17 @@ def test_unknown_fields_are_pruned_not_passed_on(api: client.ApiClient, namespac
 # --------------------------------------------------------------------------------------------
 ACCEPTED_BUT_REFUSED: list[tuple[str, str, dict[str, Any], str, list[str]]] = [
     # (id, kind, spec changes, Accepted reason, fragments of the message)
-    ("pvc-without-claim", "VectorIndex", {"source": {"uri": "pvc:///etc/passwd"}},
-     "PersistentVolumeClaimNotFound", ["pvc:///etc/passwd", "spec.source.uri"]),
-    ("pvc-dot-claim", "VectorIndex", {"source": {"uri": "pvc://./handbook"}},
-     "PersistentVolumeClaimNotFound", ["pvc://./handbook"]),
-    ("pvc-claim-not-a-name", "VectorIndex", {"source": {"uri": "pvc://Docs_1/handbook"}},
-     "PersistentVolumeClaimNotFound", ["Docs_1"]),
-    ("pvc-output-without-claim", "FineTuneJob", {"output": {"uri": "pvc:///"}},
+    ("pvc-claim-absent", "VectorIndex", {"source": {"uri": "pvc://absent/handbook"}},
+     "PersistentVolumeClaimNotFound", ["absent", "spec.source.uri"]),
+    ("pvc-output-claim-absent", "FineTuneJob", {"output": {"uri": "pvc://absent"}},
      "PersistentVolumeClaimNotFound", ["spec.output.uri"]),
     ("credentials-secret-absent", "FineTuneJob", {"output": {"credentialsSecret": "s3-keys"}},
      "SecretNotFound", ["spec.output.credentialsSecret", "s3-keys"]),
+    # What CEL cannot say: whether a cron expression ever fires (February 30th never comes); the
+    # schedule's model refuses it, so no dataset Job and no FineTuneJob is ever made.
+    ("cron-never-fires", "FineTuneSchedule", {"schedule": "0 0 30 2 *"}, "InvalidSpec", ["spec.schedule", "never fires"]),
+    ("cron-on-the-31st-of-a-short-month", "FineTuneSchedule", {"schedule": "0 3 31 4,6,9,11 *"},
+     "InvalidSpec", ["spec.schedule", "never fires"]),
 ]
 
 
@@ -268,6 +286,8 @@ def test_what_admission_accepts_the_operator_reports(
         assert fragment in cond["message"], cond
     assert (get(api, namespace, kind, "hostile")["status"].get("jobName")) is None
     assert not jobs(api, namespace)
+    if kind == "FineTuneSchedule":  # nor a run of it
+        assert not client.CustomObjectsApi(api).list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL["FineTuneJob"])["items"]
     warning = wait_for(lambda: [e for e in client.CoreV1Api(api).list_namespaced_event(namespace).items
                                 if e.involved_object.name == "hostile" and e.reason == reason], 15, "a Warning event")
     assert warning[0].type == "Warning"
@@ -348,7 +368,8 @@ ROOT = "/mnt/pvc"
 
 
 def _admitted(uri: str) -> bool:
-    """What the CRD admits for a URI field: the pattern, and the CEL rule against `..` segments."""
+    """What the CRD admits for a URI field, as far as the pattern and the CEL rule against `..`
+    segments go (its other URI rules only refuse more: a claim must be a DNS subdomain)."""
     import re
 
     traversal = NO_TRAVERSAL["rule"].split("'")[1]  # the regex inside !self.matches('...')

@@ -8,6 +8,8 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
+from tunerag_operator import durations
+
 GROUP = "tunerag.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -42,19 +44,111 @@ class ApiModel(BaseModel):
     )
 
 
+# What each scheme needs after `://` to address anything: a bucket or a model (`s3:///key` names
+# none), a claim that can exist (a PersistentVolumeClaim name is a DNS subdomain: `pvc:///etc`,
+# `pvc://./x` name none), and for file:// an absolute path other than `/` (`file://x` is relative to
+# whatever directory the pod starts in). Each rule is mirrored by `_addresses_something`.
+PVC_CLAIM = r"^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*(/|$)"
+URI_RULES = [
+    NO_TRAVERSAL,
+    {"rule": "!self.matches('^(s3|gs|hf):///')",
+     "message": "must name a bucket or a model after the scheme: s3://bucket/key, gs://bucket/key, hf://org/name"},
+    {"rule": f"!self.startsWith('pvc://') || self.matches('{PVC_CLAIM}')",
+     "message": "must name a PersistentVolumeClaim (a DNS subdomain) after the scheme: pvc://claim/path"},
+    {"rule": "!self.startsWith('file://') || self.matches('^file:///[^/]')",
+     "message": "must be an absolute path after the scheme: file:///path"},
+]
+
+
+def _addresses_something(value: str) -> str:
+    """`URI_RULES` but the `..` rule (the pattern and that rule are applied by pydantic from the
+    schema's own `pattern`, and by the workload)."""
+    if re.match(r"^(s3|gs|hf):///", value):
+        raise ValueError(URI_RULES[1]["message"])
+    if value.startswith("pvc://") and not re.match(PVC_CLAIM, value):
+        raise ValueError(URI_RULES[2]["message"])
+    if value.startswith("file://") and not re.match(r"^file:///[^/]", value):
+        raise ValueError(URI_RULES[3]["message"])
+    return value
+
+
 Uri = Annotated[
     str,
     Field(
         pattern=URI_PATTERN,
         max_length=2048,
-        json_schema_extra={"x-kubernetes-validations": [NO_TRAVERSAL]},
+        json_schema_extra={"x-kubernetes-validations": URI_RULES},
         description="URI: hf://org/name, s3://bucket/key, gs://bucket/key, pvc://claim/path or file:///path.",
     ),
+    AfterValidator(_addresses_something),
 ]
 Duration = Annotated[
     str,
     Field(pattern=DURATION, max_length=32, description="Duration such as 30s, 5m or 1h30m."),
 ]
+# Go's time.Duration, which CEL's duration() parses into, stops at about 2562047h; a longer one
+# fails the CEL rule below, so the mirror refuses it too.
+GO_DURATION_MAX_SECONDS = (2**63 - 1) / 1e9
+
+
+def _floor_rule(floor: str) -> dict[str, Any]:
+    # duration() fails on a longer one than Go's; the API server then shows this message too.
+    return {"rule": f"duration(self) >= duration('{floor}')", "message": f"must be at least {floor} (and at most 2562047h)"}
+
+
+def _at_least(floor: str) -> AfterValidator:
+    """Mirrors `_floor_rule(floor)`: a duration that drives a loop (an interval, a pause, a test's
+    length) has a floor, so no spec can make the operator spin on it."""
+    minimum = durations.seconds(floor)
+
+    def check(value: str) -> str:
+        seconds = durations.seconds(value)
+        if seconds > GO_DURATION_MAX_SECONDS:
+            raise ValueError(f"must be at least {floor} (and at most 2562047h)")
+        if seconds < minimum:
+            raise ValueError(f"must be at least {floor}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _duration_at_least(floor: str) -> Any:
+    return Field(pattern=DURATION, max_length=32, json_schema_extra={"x-kubernetes-validations": [_floor_rule(floor)]},
+                 description=f"Duration such as 30s, 5m or 1h30m; at least {floor}.")
+
+
+DurationAtLeast1s = Annotated[str, _duration_at_least("1s"), _at_least("1s")]
+DurationAtLeast10s = Annotated[str, _duration_at_least("10s"), _at_least("10s")]
+DurationAtLeast30s = Annotated[str, _duration_at_least("30s"), _at_least("30s")]
+DurationAtLeast1m = Annotated[str, _duration_at_least("1m"), _at_least("1m")]
+
+# A blank string where a name or a query is expected means nothing (and fails only later, in a
+# Job or a pod); mirrored by `_not_blank`.
+NOT_BLANK = {"rule": "self.matches(r'\\S')", "message": "must not be empty or blank"}
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError(NOT_BLANK["message"])
+    return value
+
+
+NonBlank = Annotated[str, Field(json_schema_extra={"x-kubernetes-validations": [NOT_BLANK]}), AfterValidator(_not_blank)]
+
+# PostgreSQL reserves the pg_ prefix for its own schemas (pg_catalog, pg_toast, pg_temp_*), and
+# information_schema is the standard's catalog: tables written there are written into the system.
+USER_SCHEMA_RULE = {"rule": "!self.startsWith('pg_') && self != 'information_schema'",
+                    "message": "must not be a PostgreSQL system schema (pg_catalog, pg_toast, information_schema, any pg_*)"}
+
+
+def _user_schema(value: str) -> str:
+    if value.startswith("pg_") or value == "information_schema":
+        raise ValueError(USER_SCHEMA_RULE["message"])
+    return value
+
+
+UserSchema = Annotated[str, Field(json_schema_extra={"x-kubernetes-validations": [USER_SCHEMA_RULE]}),
+                       AfterValidator(_user_schema)]
 
 
 class SecretKeyRef(ApiModel):
@@ -176,6 +270,25 @@ class Toleration(ApiModel):
         return self
 
 
+# A request and limit of zero (`0`, `0m`, `0.0Gi`) is no quantity a pod can run with: the pattern
+# of each field admits only digits, so a non-zero digit is what makes it more than zero.
+POSITIVE_QUANTITY = {"rule": "self.matches('[1-9]')", "message": "must be more than zero"}
+
+
+def _positive_quantity(value: str) -> str:
+    if not re.search("[1-9]", value):
+        raise ValueError(POSITIVE_QUANTITY["message"])
+    return value
+
+
+CpuQuantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?m?$", max_length=32,
+                                   json_schema_extra={"x-kubernetes-validations": [POSITIVE_QUANTITY]}),
+                        AfterValidator(_positive_quantity)]
+MemoryQuantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$", max_length=32,
+                                      json_schema_extra={"x-kubernetes-validations": [POSITIVE_QUANTITY]}),
+                           AfterValidator(_positive_quantity)]
+
+
 class PodResources(ApiModel):
     """Where and with what the workload pods run."""
 
@@ -187,9 +300,8 @@ class PodResources(ApiModel):
              "message": "an extended resource must not start with 'requests.' or lie under kubernetes.io"},
             {"rule": _prefix_rule("self", 244), "message": "the prefix before '/' must be at most 244 characters"}]},
         description="Extended resource name of the GPU, domain/name, e.g. nvidia.com/gpu.")
-    cpu: str | None = Field(default=None, pattern=r"^[0-9]+(\.[0-9]+)?m?$", max_length=32, description="CPU request and limit, e.g. 4 or 500m.")
-    memory: str | None = Field(default=None, pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$", max_length=32,
-                               description="Memory request and limit, e.g. 16Gi (binary) or 16G (decimal; kilo is a lowercase k).")
+    cpu: CpuQuantity | None = Field(default=None, description="CPU request and limit, e.g. 4 or 500m; more than zero.")
+    memory: MemoryQuantity | None = Field(default=None, description="Memory request and limit, e.g. 16Gi (binary) or 16G (decimal; kilo is a lowercase k); more than zero.")
     node_selector: NodeSelector = Field(default_factory=dict, description="Node labels the pod must match.")
     tolerations: list[Toleration] = Field(default_factory=list, max_length=32, description="Pod tolerations, as in a PodSpec.")
     priority_class_name: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, max_length=253, description="PriorityClass of the pod.")

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, ClassVar, Literal, Self
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
 from tunerag_operator.api.common import DNS_LABEL, DNS_SUBDOMAIN, ApiModel, PodResources, StatusBase, Uri
+
+# A module name as peft matches it against the model's named_modules(): a leaf name (q_proj) or a
+# dotted suffix of one (layers.0.q_proj), each part a Python identifier or a ModuleList index.
+MODULE_NAME = r"^([A-Za-z_][A-Za-z0-9_]*|[0-9]+)([.]([A-Za-z_][A-Za-z0-9_]*|[0-9]+))*$"
+ModuleName = Annotated[str, Field(pattern=MODULE_NAME, max_length=256)]
+# A dataset column: any name, but not none.
+ColumnName = Annotated[str, Field(min_length=1, max_length=128)]
 
 
 class BaseModelRef(ApiModel):
@@ -22,12 +29,25 @@ class AdapterTarget(ApiModel):
     family: str = Field(pattern=DNS_LABEL, max_length=48, description="Adapter family the result is registered under as the next AdapterVersion.")
 
 
+SAME_FIELD = "prompt and completion must be different fields: the model would learn to repeat its prompt"
+
+
 class FieldMapping(ApiModel):
     """Which dataset fields hold the example; either prompt/completion or chat messages."""
 
-    prompt: str = Field(default="prompt", max_length=128, description="Field with the prompt text.")
-    completion: str = Field(default="completion", max_length=128, description="Field with the completion text the model learns to produce.")
-    messages: str | None = Field(default=None, max_length=128, description="Field with a list of chat messages; when set, the tokenizer's chat template is applied and prompt/completion are ignored.")
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        {"rule": "has(self.messages) || self.prompt != self.completion", "message": SAME_FIELD, "fieldPath": ".completion"},
+    ]})
+
+    prompt: ColumnName = Field(default="prompt", description="Field with the prompt text.")
+    completion: ColumnName = Field(default="completion", description="Field with the completion text the model learns to produce.")
+    messages: ColumnName | None = Field(default=None, description="Field with a list of chat messages; when set, the tokenizer's chat template is applied and prompt/completion are ignored.")
+
+    @model_validator(mode="after")
+    def _two_fields(self) -> Self:
+        if self.messages is None and self.prompt == self.completion:
+            raise ValueError(f"completion: {SAME_FIELD}")
+        return self
 
 
 class DatasetSource(ApiModel):
@@ -52,7 +72,7 @@ class Dataset(ApiModel):
 
     train: DatasetSource = Field(description="Training data.")
     validation: DatasetSource | None = Field(default=None, description="Validation data; when absent, validationSplit of train is held out.")
-    validation_split: float = Field(default=0.1, ge=0.0, le=0.5, description="Share of train held out for validation when no validation set is given.")
+    validation_split: float = Field(default=0.1, ge=0.0, le=0.5, description="Share of train held out for validation when no validation set is given (then above 0).")
     retention: DatasetSource | None = Field(default=None, description="General-capability reference data for the forgetting check.")
     rules: ValidationRules = Field(default_factory=ValidationRules, description="Validation rules.")
 
@@ -63,7 +83,7 @@ class LoraSettings(ApiModel):
     r: int = Field(default=16, ge=1, le=512, description="Rank of the update matrices.")
     alpha: int = Field(default=32, ge=1, le=4096, description="Scaling numerator (scale = alpha / r).")
     dropout: float = Field(default=0.05, ge=0.0, le=0.9, description="Dropout on the LoRA input.")
-    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"], min_length=1, max_length=64, description="Module names to adapt; an unknown name fails the run with the list of valid names.")
+    target_modules: list[ModuleName] = Field(default_factory=lambda: ["q_proj", "v_proj"], min_length=1, max_length=64, description="Module names to adapt, as peft matches them: a module's name (q_proj) or a dotted suffix of its path (layers.0.q_proj); an unknown name fails the run with the list of valid names.")
 
 
 class QuantizationSettings(ApiModel):
@@ -113,7 +133,7 @@ class BaselineGate(ApiModel):
     adapter_version: str | None = Field(default=None, max_length=253, description="Name of the AdapterVersion the baseline is (for the record).")
     uri: Uri
     sha256: str = Field(pattern=r"^[a-f0-9]{64}$", description="sha256 of the baseline adapter folder (its AdapterVersion's spec.artifact.sha256); checked before it is loaded.")
-    min_improvement: float = Field(default=0.01, ge=-1, le=1, description="Smallest relative reduction of validation loss, (baseline - candidate) / baseline; negative values tolerate a regression.")
+    min_improvement: float = Field(default=0.01, ge=-1, lt=1, description="Smallest relative reduction of validation loss, (baseline - candidate) / baseline, below 1 (1 would need a loss of zero); negative values tolerate a regression.")
 
 
 class Gates(ApiModel):
@@ -139,13 +159,21 @@ class Output(ApiModel):
     quantize: QuantizeOutput | None = Field(default=None, description="Optional quantized merged model.")
 
 
+NO_VALIDATION_SET = ("without dataset.validation, validationSplit must be above 0: the run needs a validation set "
+                     "for its metrics and gates")
+
+
 class FineTuneJobSpec(ApiModel):
     """A LoRA / QLoRA fine-tuning run. Like a batch Job's template, the spec is immutable: a run
     is a record of what was trained; create a new FineTuneJob to train again."""
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
         {"rule": "self == oldSelf", "message": "FineTuneJob spec is immutable; create a new FineTuneJob to train again"},
+        {"rule": "has(self.dataset.validation) || self.dataset.validationSplit > 0.0",
+         "message": NO_VALIDATION_SET, "fieldPath": ".dataset.validationSplit"},
     ]})
+    # A FineTuneSchedule's template validates on the held-out feedback instead (its own rules).
+    needs_validation_set: ClassVar[bool] = True
 
     base_model: BaseModelRef = Field(description="The base model.")
     adapter: AdapterTarget = Field(description="Adapter family of the result.")
@@ -157,6 +185,12 @@ class FineTuneJobSpec(ApiModel):
     resources: PodResources = Field(default_factory=PodResources, description="Pod resources and placement.")
     backoff_limit: int = Field(default=3, ge=0, le=100, description="Pod retries (e.g. after preemption); training resumes from the latest checkpoint.")
     active_deadline_seconds: int | None = Field(default=None, ge=60, description="Wall-clock limit of the whole Job.")
+
+    @model_validator(mode="after")
+    def _has_a_validation_set(self) -> Self:
+        if self.needs_validation_set and self.dataset.validation is None and self.dataset.validation_split <= 0:
+            raise ValueError(f"dataset.validationSplit: {NO_VALIDATION_SET}")
+        return self
 
 
 class DataReport(ApiModel):

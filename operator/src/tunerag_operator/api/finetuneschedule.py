@@ -7,12 +7,12 @@ first turns the feedback into a versioned dataset (a Job), then trains on it (a 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, ClassVar, Literal, Self
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from tunerag_operator import cron
-from tunerag_operator.api.common import DNS_SUBDOMAIN, ApiModel, Duration, StatusBase
+from tunerag_operator.api.common import DNS_SUBDOMAIN, ApiModel, DurationAtLeast1m, DurationAtLeast1s, StatusBase
 from tunerag_operator.api.finetunejob import FineTuneJobSpec
 
 CRON_SHAPE = r"^(@[a-z]+|([0-9A-Za-z*?,/-]+ +){4}[0-9A-Za-z*?,/-]+)$"
@@ -41,8 +41,8 @@ class FeedbackSelection(ApiModel):
 
     rollout_policy: str = Field(pattern=DNS_SUBDOMAIN, max_length=253, description="RolloutPolicy (same namespace) whose exchange log feeds the schedule; its spec.feedback names the table, its connectionSecret (or its retrieval VectorIndex's) the database.")
     labels: list[FeedbackLabel] = Field(default_factory=_positive, min_length=1, max_length=2, description="Feedback labels whose exchanges become training rows (the answer as the completion).")
-    max_age: Duration | None = Field(default=None, description="Only exchanges younger than this, e.g. 720h; all when unset.")
-    adapter_versions: list[str] = Field(default_factory=list, max_length=64, description="Only exchanges answered by these AdapterVersions; all when empty.")
+    max_age: DurationAtLeast1m | None = Field(default=None, description="Only exchanges younger than this, e.g. 720h; at least 1m. All when unset.")
+    adapter_versions: list[Annotated[str, Field(pattern=DNS_SUBDOMAIN, max_length=253)]] = Field(default_factory=list, max_length=64, description="Only exchanges answered by these AdapterVersions; all when empty.")
     prompt_field: Literal["prompt", "question"] = Field(default="prompt", description="What becomes the training prompt: prompt (what the model saw, prompt template and retrieved context included, so training matches serving) or question (the user's text alone).")
     drop_fields: list[DroppableField] = Field(default_factory=list, max_length=16, description="Exchange-log columns removed before rows reach a dataset (privacy); the others are kept beside prompt and completion as provenance.")
     mix_ratio: float = Field(default=0.5, gt=0, le=1, description="Share of feedback rows in the training mix; the rest is sampled from the template's train data (1: feedback only).")
@@ -55,12 +55,22 @@ class FineTuneTemplate(FineTuneJobSpec):
     feedback. Unlike a FineTuneJob's, it may be edited: the next run uses the new template."""
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        # Not FineTuneJobSpec's rules: a template is edited (no `self == oldSelf`), and a run's
+        # validation set is the held-out feedback (so validationSplit may be 0).
         {"rule": "!has(self.gates.baseline)", "message": "the schedule sets gates.baseline to the version now serving",
          "fieldPath": ".gates.baseline"},
         {"rule": "!has(self.dataset.train.fields.messages)",
          "message": "feedback is mixed as prompt/completion rows: the train data must use prompt and completion fields",
          "fieldPath": ".dataset.train.fields.messages"},
     ]})
+    needs_validation_set: ClassVar[bool] = False
+
+
+# The training mix of a run holds at most (maxRows - 1) / mixRatio rows (one feedback row at least
+# is held out; round(n (1 - r) / r) original rows go with n feedback rows): fewer than the
+# template's minRows and every run fails its data validation.
+MIX_TOO_SMALL = ("feedback.maxRows is too small for template.dataset.rules.minRows: a run's training mix holds at most "
+                 "(maxRows - 1) / mixRatio rows, so every run would fail its data validation")
 
 
 class FineTuneScheduleSpec(ApiModel):
@@ -68,23 +78,33 @@ class FineTuneScheduleSpec(ApiModel):
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
         {"rule": "has(self.schedule) || has(self.minNewSamples)", "message": "set schedule, minNewSamples or both"},
+        {"rule": "double(self.feedback.maxRows - 1) / self.feedback.mixRatio + 0.5 >= "
+                 "double(self.template.dataset.rules.minRows)",
+         "message": MIX_TOO_SMALL, "fieldPath": ".feedback.maxRows"},
     ]})
 
     schedule: str | None = Field(default=None, max_length=128, pattern=CRON_SHAPE, description="Cron schedule in UTC (minute hour day-of-month month day-of-week, or @hourly, @daily, @weekly, @monthly): start a run at these times.")
     min_new_samples: int | None = Field(default=None, ge=1, le=100_000_000, description="Start a run as soon as this many feedback rows arrived since the data of the last run.")
-    check_interval: Duration = Field(default="1m", description="How often the exchange log is counted for minNewSamples.")
+    check_interval: DurationAtLeast1s = Field(default="1m", description="How often the exchange log is counted for minNewSamples; at least 1s.")
     suspend: bool = Field(default=False, description="Start no new runs (a running one finishes).")
     feedback: FeedbackSelection = Field(description="The feedback source and how it becomes a dataset.")
     template: FineTuneTemplate = Field(description="The FineTuneJob each run creates. Its dataset.train is the original data, mixed with the feedback; a run's validation set is the held-out slice (dataset.validation here is not used) and its gates.baseline the version serving.")
-    min_improvement: float = Field(default=0.01, ge=-1, le=1, description="A run must lower the validation loss on the held-out feedback by at least this share relative to the version now serving (0.01: 1%); otherwise its AdapterVersion is Rejected and never rolled out.")
+    min_improvement: float = Field(default=0.01, ge=-1, lt=1, description="A run must lower the validation loss on the held-out feedback by at least this share relative to the version now serving (0.01: 1%; below 1, which would need a loss of zero); otherwise its AdapterVersion is Rejected and never rolled out.")
     history_limit: int = Field(default=5, ge=1, le=50, description="Finished runs kept (their FineTuneJobs and Jobs); older ones are deleted. Datasets and AdapterVersions are kept.")
 
     @field_validator("schedule")
     @classmethod
     def _valid_cron(cls, value: str | None) -> str | None:
         if value is not None:
-            cron.parse(value)
+            cron.parse(value)  # also: one that never fires (`0 0 30 2 *`), which CEL cannot tell
         return value
+
+    @model_validator(mode="after")
+    def _mix_can_be_big_enough(self) -> Self:
+        most = (self.feedback.max_rows - 1) / self.feedback.mix_ratio + 0.5
+        if most < self.template.dataset.rules.min_rows:
+            raise ValueError(MIX_TOO_SMALL)
+        return self
 
 
 class ActiveRun(ApiModel):

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
 from tunerag_operator.api.common import (
     DNS_SUBDOMAIN,
     SQL_IDENTIFIER,
     ApiModel,
-    Duration,
+    DurationAtLeast1s,
+    NonBlank,
     PodResources,
     ResourceRef,
     SecretKeyRef,
     StatusBase,
     Uri,
+    UserSchema,
 )
 
 Format = Literal["text", "markdown", "html", "pdf"]
@@ -35,9 +37,9 @@ class Source(ApiModel):
 
     uri: Uri | None = None
     config_map: ResourceRef | None = Field(default=None, description="A ConfigMap whose keys are documents.")
-    include: list[Glob] = Field(default_factory=lambda: ["**/*"], max_length=64, description="Glob patterns of files to index.")
+    include: list[Glob] = Field(default_factory=lambda: ["**/*"], min_length=1, max_length=64, description="Glob patterns of files to index; at least one (none would index nothing).")
     exclude: list[Glob] = Field(default_factory=list, max_length=64, description="Glob patterns of files to skip.")
-    formats: list[Format] = Field(default_factory=lambda: list(FORMATS), description="Formats to read; others are skipped.")
+    formats: list[Format] = Field(default_factory=lambda: list(FORMATS), min_length=1, description="Formats to read; others are skipped. At least one (none would index nothing).")
     credentials_secret: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, max_length=253, description="Secret (same namespace) whose keys become the indexing pods' environment for an object-store source, e.g. AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL. Without it the pods use what their node or ServiceAccount provides.")
 
 
@@ -56,7 +58,7 @@ class Chunking(ApiModel):
 class Embedding(ApiModel):
     """The sentence-transformers model."""
 
-    model: str = Field(default="sentence-transformers/all-MiniLM-L6-v2", max_length=512, description="Model name or local path.")
+    model: NonBlank = Field(default="sentence-transformers/all-MiniLM-L6-v2", min_length=1, max_length=512, description="Model name or local path.")
     normalize: bool = Field(default=True, description="L2-normalize embeddings.")
     batch_size: int = Field(default=64, ge=1, le=4096, description="Texts per embedding batch.")
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Device to embed on.")
@@ -65,19 +67,31 @@ class Embedding(ApiModel):
 class IndexSettings(ApiModel):
     """The approximate-nearest-neighbour index."""
 
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        {"rule": "self.type != 'hnsw' || self.efConstruction >= 2 * self.m",
+         "message": "HNSW: efConstruction must be at least 2 * m (pgvector refuses to build the index otherwise)",
+         "fieldPath": ".efConstruction"},
+    ]})
+
     type: Literal["hnsw", "ivfflat"] = Field(default="hnsw", description="pgvector index type.")
     m: int = Field(default=16, ge=2, le=100, description="HNSW: links per node.")
-    ef_construction: int = Field(default=64, ge=4, le=1000, description="HNSW: candidate list size while building.")
+    ef_construction: int = Field(default=64, ge=4, le=1000, description="HNSW: candidate list size while building; at least 2 * m.")
     ef_search: int = Field(default=100, ge=1, le=1000, description="HNSW: candidate list size at query time (pgvector's default 40 loses recall).")
     lists: int = Field(default=100, ge=1, le=32768, description="IVFFlat: number of lists.")
     probes: int = Field(default=10, ge=1, le=32768, description="IVFFlat: lists searched at query time.")
+
+    @model_validator(mode="after")
+    def _buildable(self) -> Self:
+        if self.type == "hnsw" and self.ef_construction < 2 * self.m:
+            raise ValueError("HNSW: efConstruction must be at least 2 * m (pgvector refuses to build the index otherwise)")
+        return self
 
 
 class Store(ApiModel):
     """PostgreSQL + pgvector."""
 
     connection_secret: SecretKeyRef = Field(description="Secret key holding the libpq connection URI; never copied into status or logs.")
-    schema_: str = Field(default="public", alias="schema", pattern=SQL_IDENTIFIER, max_length=63, description="Schema of the table.")
+    schema_: UserSchema = Field(default="public", alias="schema", pattern=SQL_IDENTIFIER, max_length=63, description="Schema of the table; not a PostgreSQL system schema (pg_*, information_schema).")
     table: str = Field(pattern=SQL_IDENTIFIER, max_length=48, description="Base name of the table (versions get a suffix).")
     distance: Literal["cosine", "l2", "ip"] = Field(default="cosine", description="Distance of the index and of searches.")
     index: IndexSettings = Field(default_factory=IndexSettings, description="ANN index settings.")
@@ -87,7 +101,7 @@ class Store(ApiModel):
 class Refresh(ApiModel):
     """Periodic re-indexing."""
 
-    interval: Duration | None = None
+    interval: DurationAtLeast1s | None = Field(default=None, description="Re-index this long after the last run ended, e.g. 1h; at least 1s. Unset: no refresh.")
 
 
 class VectorIndexSpec(ApiModel):
