@@ -99,12 +99,21 @@ class LoadedModel:
     notes: dict[str, str] = field(default_factory=dict)
 
 
+def _linear_paths(model: torch.nn.Module) -> list[str]:
+    return [name for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) or type(module).__name__ in {"Conv1D", "Linear4bit", "Linear8bitLt"}]
+
+
 def linear_module_names(model: torch.nn.Module) -> list[str]:
-    names = set()
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) or type(module).__name__ in {"Conv1D", "Linear4bit", "Linear8bitLt"}:
-            names.add(name.rsplit(".", 1)[-1])
-    return sorted(names)
+    """The short names of the model's linear modules (q_proj, v_proj, ...)."""
+    return sorted({path.rsplit(".", 1)[-1] for path in _linear_paths(model)})
+
+
+def unknown_target_modules(model: torch.nn.Module, targets: list[str]) -> list[str]:
+    """The targets that adapt no linear module, matched as peft matches them: a module's whole
+    path, or a dotted suffix of it (`q_proj`, `layers.0.q_proj`)."""
+    paths = _linear_paths(model)
+    return [t for t in targets if not any(path == t or path.endswith(f".{t}") for path in paths)]
 
 
 def load_model(spec: FineTuneSpec, path: str) -> LoadedModel:
@@ -135,13 +144,13 @@ def load_model(spec: FineTuneSpec, path: str) -> LoadedModel:
         raise WorkloadError("BaseModelNotFound", f"cannot load base model {spec.base_model.uri}: {exc}") from exc
     if spec.method.type != "qlora":
         model.to(dev)
-    valid = linear_module_names(model)
-    unknown = [m for m in spec.method.lora.target_modules if m not in valid]
+    unknown = unknown_target_modules(model, spec.method.lora.target_modules)
     if unknown:
         raise WorkloadError(
             "UnknownTargetModules",
             f"spec.method.lora.targetModules {unknown} name no linear module of {spec.base_model.uri}; "
-            f"valid names: {', '.join(valid)}",
+            f"valid names: {', '.join(linear_module_names(model))}, or a dotted suffix of a module's path "
+            "(layers.0.q_proj)",
         )
     if spec.method.type == "qlora":
         n4 = sum(type(m).__name__ == "Linear4bit" for m in model.modules())
