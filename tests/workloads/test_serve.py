@@ -14,10 +14,12 @@ imports), and every test shares them:
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,6 +44,7 @@ from workloads import serve_fixtures as sf
 
 PASSWORD = "hunter2-not-for-logs"
 QUESTION = "Which moons orbit Jupiter?"  # answered only by web/astronomy.html
+EF_SEARCH = 120  # the rag server's efSearch: neither pgvector's default (40) nor tunerag's (100)
 PROMPTS = ["count : one two", "color of apple ?", "the cat sat on"]
 
 
@@ -72,11 +75,14 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, postgres: Any, minilm: Any, 
         servers.db_name = db_name = f"t_serve_{uuid.uuid4().hex[:8]}"
         db = postgres.create_database(db_name)
         run_index(index_kit.index_spec(index_kit.write_corpus(root / "docs")), db_uri=db, model=minilm)
-        retrieval = {"schema": "public", "table": "docs", "topK": 2, "efSearch": 40, "hybrid": False,
+        retrieval = {"schema": "public", "table": "docs", "topK": 2, "efSearch": EF_SEARCH, "hybrid": False,
                      "promptTemplate": "Context:\n{context}\n\nQuestion: {question}\nAnswer:"}
+        # The server's sessions log every statement, with its parameters, to the server's log.
+        logged = db + "?" + urllib.parse.urlencode({"options": "-c log_statement=all"}, quote_via=urllib.parse.quote)
         servers.rag = sf.Server("rag", sf.serve_config(base, adapters, retrieval=retrieval,
                                                        feedback={"schema": "serving", "table": "exchanges"}),
-                                free_port(), logs, env={"TUNERAG_DATABASE_URL": db}).start()
+                                free_port(), logs, env={"TUNERAG_DATABASE_URL": logged}).start()
+        servers.pg_log = postgres.log_path
         servers.db, servers.admin = db, postgres.uri
         servers.db_password = str(conninfo_to_dict(db)["password"])
         yield servers
@@ -276,6 +282,56 @@ def test_retrieval_cites_the_only_document_that_answers(rag: Any, fleet: SimpleN
         row = conn.execute("SELECT document, chunk_index, metadata FROM public.docs WHERE id = %s", [chunks[0]["id"]]).fetchone()
     assert row is not None and (row[0], row[1]) == (chunks[0]["document"], chunks[0]["chunkIndex"])
     assert chunks[0]["headingPath"] == row[2]["headingPath"] and chunks[0]["headingPath"][0] == "The moons of Jupiter"
+
+
+def logged_transactions(log: str) -> list[list[str]]:
+    """The committed transactions of the sessions that log their statements (log_statement=all),
+    each as its statements, a statement's parameters appended to it."""
+    open_: dict[str, list[str]] = {}
+    done: list[list[str]] = []
+    for line in log.splitlines():
+        found = re.match(r"\S+ \S+ \S+ \[(\d+)\] (LOG|DETAIL):  (.*)", line)
+        if found is None:
+            continue
+        pid, kind, text = found.groups()
+        if kind == "DETAIL":
+            if text.startswith("Parameters: ") and open_.get(pid):
+                open_[pid][-1] += " -- " + text
+        elif text.startswith(("execute ", "statement: ")):
+            statement = text.split(": ", 1)[1]
+            if statement == "BEGIN":
+                open_[pid] = []
+            elif statement == "COMMIT":
+                done.append(open_.pop(pid, []))
+            elif pid in open_:
+                open_[pid].append(statement)
+    return done
+
+
+def ef_search_set_by(statement: str) -> int | None:
+    """The value a logged `set_config('hnsw.ef_search', $n, ...)` set, from its parameters."""
+    found = re.search(r"set_config\('hnsw\.ef_search', \$(\d+), true\).* -- Parameters: (.*)", statement)
+    value = re.search(rf"\${found.group(1)} = '(\d+)'", found.group(2)) if found else None
+    return int(value.group(1)) if value else None
+
+
+def test_retrieval_runs_with_the_configured_ef_search(rag: Any, fleet: SimpleNamespace) -> None:
+    """Every query on the index's view runs in a transaction that set hnsw.ef_search to efSearch
+    first (read from the server's own statements in PostgreSQL's log). On this corpus of a few
+    chunks the planner reads every row, so no setting changes the answer here;
+    test_retrieval_scale.py shows what ef_search changes once the index answers."""
+    def searches() -> list[list[str]]:
+        return [t for t in logged_transactions(fleet.pg_log.read_text(errors="replace"))
+                if any('FROM "public"."docs"' in s for s in t)]
+
+    before = len(searches())
+    answer = complete(rag, "qa-v1", QUESTION)
+    assert answer["tunerag"]["chunks"][0]["document"] == "web/astronomy.html"
+    after = searches()
+    assert len(after) > before, after  # this request's
+    for statements in after:
+        query = next(i for i, s in enumerate(statements) if 'FROM "public"."docs"' in s)
+        assert [ef for ef in map(ef_search_set_by, statements[:query]) if ef is not None] == [EF_SEARCH], statements
 
 
 def wait_for_row(db: str, exchange_id: str, column: str = "exchange_id", timeout: float = 20) -> dict[str, Any]:
