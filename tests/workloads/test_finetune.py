@@ -441,6 +441,46 @@ def test_two_processes_gloo_match_one_process_with_accumulation(base_model: Path
     assert two["metrics"]["validationLoss"] == pytest.approx(one["metrics"]["validationLoss"], rel=1e-4)
 
 
+# Every gate, its metric, its threshold (distinct, so a gate reading another's threshold shows) and
+# which bound it is. docs/api.md: "Highest acceptable" / "Lowest acceptable" (and design-notes:
+# improvement >= minImprovement), so a value exactly at the threshold passes.
+GATE_TABLE = [
+    ("maxValidationLoss", "validationLoss", 1.5, "max"),
+    ("minExactMatch", "exactMatch", 0.5, "min"),
+    ("maxRetentionRegression", "retentionRegression", 0.25, "max"),
+    ("minBaselineImprovement", "baselineImprovement", -0.125, "min"),  # negative: tolerates a regression
+]
+PASSING = {"validationLoss": 1.0, "exactMatch": 0.75, "retentionRegression": 0.125, "baselineImprovement": 0.0}
+
+
+def _beside(threshold: float, side: str) -> float | None:
+    """The value on that side of a threshold (the nearest doubles), at it, or not a measurement."""
+    return {"below": math.nextafter(threshold, -math.inf), "at": threshold, "above": math.nextafter(threshold, math.inf),
+            "none": None, "nan": math.nan, "+inf": math.inf, "-inf": -math.inf}[side]
+
+
+@pytest.mark.parametrize("side", ["below", "at", "above", "none", "nan", "+inf", "-inf"])
+@pytest.mark.parametrize(("gate", "metric", "threshold", "bound"), GATE_TABLE)
+def test_each_gate_on_both_sides_of_its_threshold(gate: str, metric: str, threshold: float, bound: str, side: str) -> None:
+    """A max gate passes below and at its threshold and fails just above it; a min gate the reverse;
+    an unmeasured or non-finite value fails either kind. The other gates (passing values) are
+    untouched."""
+    from tunerag_workloads.finetune.evaluate import gate_results
+    from tunerag_workloads.finetune.spec import Gates
+
+    gates = Gates.model_validate({
+        "maxValidationLoss": 1.5, "minExactMatch": 0.5, "maxRetentionRegression": 0.25,
+        "baseline": {"uri": "file:///adapters/serving", "sha256": "0" * 64, "minImprovement": -0.125}})
+    value = _beside(threshold, side)
+    out = gate_results(gates, {**PASSING, metric: value})
+    expected = [{"name": name, "value": PASSING[m], "threshold": t, "passed": True} for name, m, t, _ in GATE_TABLE]
+    passes = side == "at" or (side == "below" and bound == "max") or (side == "above" and bound == "min")
+    expected[[g[0] for g in GATE_TABLE].index(gate)] = {
+        "name": gate, "value": None if value is None or not math.isfinite(value) else round(value, 6),
+        "threshold": threshold, "passed": passes}
+    assert out == expected
+
+
 def test_gates_record_every_configured_threshold() -> None:
     from tunerag_workloads.finetune.evaluate import gate_results
     from tunerag_workloads.finetune.spec import Gates
