@@ -222,8 +222,10 @@ def _progress(line: str) -> dict[str, Any] | None:
 
 
 def test_cli_killed_after_a_checkpoint_resumes_there(base_model: Path, tmp_path: Path) -> None:
-    """End to end through the CLI: SIGKILL after the first checkpoint, rerun, it resumes from the
-    latest complete checkpoint and does only the remaining steps; the second run's result is the
+    """End to end through the CLI: SIGKILL three steps after the first checkpoint, rerun, it resumes
+    from the latest complete checkpoint and does only the remaining steps; the steps the killed run
+    did past its checkpoint are done again exactly as it did them (same loss: the same weights,
+    optimizer, RNG and micro-batches, the data position included); the second run's result is the
     contract's termination message."""
     spec = spec_for(base_model, tmp_path, **ff.deep_merge(HAPPY, {"training": {"maxSteps": 200, "checkpointInterval": 20}}))
     spec_file = tmp_path / "spec.json"
@@ -234,31 +236,49 @@ def test_cli_killed_after_a_checkpoint_resumes_there(base_model: Path, tmp_path:
     e = env(TUNERAG_RESULT_PATH=str(result_file), TUNERAG_RUN_ID="ns-resume-g1")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=e)
     assert proc.stdout is not None
-    killed_at = None
+    killed_at = first_checkpoint = None
+    first_losses: dict[int, float] = {}  # step -> loss, as the killed run reported them
     for line in proc.stdout:
         p = _progress(line)
         if p and p.get("event") == "checkpoint":
-            proc.send_signal(signal.SIGKILL)
-            killed_at = p["step"]
-            break
+            first_checkpoint = first_checkpoint or p["step"]
+        elif p and "loss" in p:
+            first_losses[p["step"]] = p["loss"]
+            if first_checkpoint is not None and p["step"] >= first_checkpoint + 3:
+                proc.send_signal(signal.SIGKILL)
+                killed_at = p["step"]
+                break
+    for line in proc.stdout:  # what it wrote before the signal landed
+        p = _progress(line)
+        if p and "loss" in p:
+            first_losses[p["step"]] = p["loss"]
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL and killed_at is not None and killed_at < 200
     assert not result_file.exists()
     ckpts = tmp_path / "out" / "runs" / "ns-resume-g1" / "checkpoints"
     complete = sorted(int(p.name[5:]) for p in ckpts.iterdir()
                       if p.name[5:].isdigit() and (p / "state.json").exists())
-    assert complete and complete[-1] >= killed_at
+    assert complete and complete[-1] == first_checkpoint < killed_at
     assert not (tmp_path / "out" / "runs" / "ns-resume-g1" / "adapter").exists()
 
     done = subprocess.run(cmd, capture_output=True, text=True, env=e, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    steps = [p["step"] for p in map(_progress, done.stdout.splitlines())
-             if p and p.get("phase") == "Training" and "event" not in p and "step" in p]
+    reported = [p for p in map(_progress, done.stdout.splitlines())
+                if p and p.get("phase") == "Training" and "event" not in p and "loss" in p]
+    steps = [p["step"] for p in reported]
+    losses = {p["step"]: p["loss"] for p in reported}
     assert steps[0] == complete[-1] + 1 and steps[-1] == 200
     assert len(steps) == 200 - complete[-1]  # nothing redone
+    # The steps lost with the killed run (past its last checkpoint), done again: on the same
+    # micro-batches from the same state, so with the same loss, step for step.
+    redone = [s for s in sorted(first_losses) if s > complete[-1]]
+    assert len(redone) >= 3, (complete, sorted(first_losses)[-8:])
+    assert [losses[s] for s in redone] == [first_losses[s] for s in redone], redone
     result = json.loads(result_file.read_text())
     assert result["ok"] is True and result["resumedFromStep"] == complete[-1]
-    assert result["steps"] == 200 and result["verdict"] in {"Validated", "Rejected"}
+    assert result["steps"] == 200
+    assert [g["name"] for g in result["gates"]] == ["maxValidationLoss", "minExactMatch", "maxRetentionRegression"]
+    assert result["verdict"] == ("Validated" if all(g["passed"] for g in result["gates"]) else "Rejected"), result["gates"]
     assert result["adapter"]["uri"].endswith("/runs/ns-resume-g1/adapter")
     assert len(result_file.read_bytes()) <= 4096
 
