@@ -55,6 +55,12 @@ from substrate.operatorproc import OperatorProcess
 from substrate.postgres import Postgres
 from substrate.prometheus import Prometheus
 from tunerag_operator.api.common import GROUP, VERSION
+from tunerag_workloads.noise import quiet_expected_noise
+
+# The driver loads the embedding model (sentence-transformers imports peft, which imports
+# bitsandbytes) in this process: bitsandbytes' notice that the optional `kernels` download is not
+# installed is expected here, and stays out of the terminal as it does out of the workloads' logs.
+quiet_expected_noise()
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "quickstart"
