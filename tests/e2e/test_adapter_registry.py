@@ -85,12 +85,20 @@ def _adapter(folder: Path) -> str:
     return str(build_manifest(folder)["sha256"])
 
 
+def _merged(folder: Path) -> str:
+    """A merged nf4 model's folder as the training workload publishes one (its bytes do not matter here)."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text('{"quantization_config": {"load_in_4bit": true, "bnb_4bit_quant_type": "nf4"}}')
+    (folder / "model.safetensors").write_bytes(os.urandom(1000))
+    return str(build_manifest(folder)["sha256"])
+
+
 def _create(api: client.ApiClient, namespace: str, name: str, uri: str, sha: str, family: str = "external",
-            version: int | None = None) -> None:
+            version: int | None = None, quantized: dict[str, Any] | None = None) -> None:
     client.CustomObjectsApi(api).create_namespaced_custom_object(GROUP, VERSION, namespace, "adapterversions", {
         "apiVersion": f"{GROUP}/{VERSION}", "kind": "AdapterVersion", "metadata": {"name": name},
-        "spec": {"family": family, "version": version or (1 if name.endswith("1") else 2), "baseModel": {"uri": "file:///models/base"},
-                 "artifact": {"uri": uri, "sha256": sha}},
+        "spec": {"family": family, "version": version or int(name.rsplit("v", 1)[1]), "baseModel": {"uri": "file:///models/base"},
+                 "artifact": {"uri": uri, "sha256": sha}, **({"quantized": quantized} if quantized else {})},
     })
 
 
@@ -105,17 +113,30 @@ def _settled(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any]
 def test_hand_registered_adapters_are_verified(
     operator: OperatorProcess, job_runner: JobRunner, api: client.ApiClient, namespace: str
 ) -> None:
-    client.CoreV1Api(api).create_namespaced_persistent_volume_claim(namespace, {
-        "metadata": {"name": "artifacts"},
-        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
-    })
+    for claim in ("artifacts", "models"):
+        client.CoreV1Api(api).create_namespaced_persistent_volume_claim(namespace, {
+            "metadata": {"name": claim},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+        })
     root = job_runner.claim_path(namespace, "artifacts")
     good = _adapter(root / "external" / "1")
+    # A merged nf4 model beside it, on another claim (the verification Job mounts both).
+    merged = _merged(job_runner.claim_path(namespace, "models") / "external-1-nf4")
+    quantized = {"uri": "pvc://models/external-1-nf4", "sha256": merged, "format": "merged-nf4", "referenceSizeBytes": 3000}
     _create(api, namespace, "external-v1", "pvc://artifacts/external/1", good)
     _create(api, namespace, "external-v2", "pvc://artifacts/external/1", "d" * 64)
+    _create(api, namespace, "external-v3", "pvc://artifacts/external/1", good, quantized=quantized)
+    _create(api, namespace, "external-v4", "pvc://artifacts/external/1", good, quantized={**quantized, "sha256": "d" * 64})
 
     ok = _settled(api, namespace, "external-v1")["status"]
-    assert ok["phase"] == "Validated" and ok["verifiedSha256"] == good
+    assert ok["phase"] == "Validated" and ok["verifiedSha256"] == good and "quantized" not in ok
     bad = _settled(api, namespace, "external-v2")["status"]
     ready = next(c for c in bad["conditions"] if c["type"] == "Ready")
     assert bad["phase"] == "Failed" and ready["reason"] == "ChecksumMismatch" and good in ready["message"]
+    # The quantized model is verified like the adapter: its digest, and its size against the 16-bit model's.
+    size = sum(p.stat().st_size for p in (job_runner.claim_path(namespace, "models") / "external-1-nf4").iterdir())
+    ok = _settled(api, namespace, "external-v3")["status"]
+    assert ok["phase"] == "Validated" and ok["quantized"] == {"verifiedSha256": merged, "sizeRatio": round(size / 3000, 4)}
+    bad = _settled(api, namespace, "external-v4")["status"]
+    ready = next(c for c in bad["conditions"] if c["type"] == "Ready")
+    assert bad["phase"] == "Failed" and ready["reason"] == "ChecksumMismatch" and "spec.quantized" in ready["message"]

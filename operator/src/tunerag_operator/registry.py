@@ -24,6 +24,14 @@ JOB_UID = f"{GROUP}/fine-tune-job-uid"
 MAX_ATTEMPTS = 50
 
 
+def size_ratio(size: Any, reference: Any) -> float | None:
+    """A quantized model's size over the same merged model's in 16 bit (below 1: smaller), rounded to
+    4 places, when both are known."""
+    if isinstance(size, int) and isinstance(reference, int) and reference > 0:
+        return round(size / reference, 4)
+    return None
+
+
 def _list(namespace: str, selector: str) -> list[dict[str, Any]]:
     api = client.CustomObjectsApi(kubeapi.api_client())
     resp = api.list_namespaced_custom_object(GROUP, VERSION, namespace, "adapterversions",

@@ -28,6 +28,17 @@ class Artifact(ApiModel):
     format: Literal["peft-lora", "merged-nf4", "merged-int8", "merged-fp16"] = Field(default="peft-lora", description="What the artifact holds.")
 
 
+class QuantizedArtifact(Artifact):
+    """The merged, quantized model: the base with the adapter merged in, quantized with bitsandbytes,
+    one transformers folder (config with its quantization, weights, tokenizer) that loads alone."""
+
+    format: Literal["merged-nf4", "merged-int8", "merged-fp16"] = Field(description="What the folder holds: the merged model in nf4 (4 bit), int8, or float16.")
+    reference_size_bytes: int | None = Field(default=None, ge=0, description="Size of the same merged model saved in 16 bit (float16), counted as sizeBytes is (every file but the manifest): the baseline of status.quantized.sizeRatio.")
+    relative_loss_delta: float | None = Field(default=None, ge=0, description="|quantized - 16-bit| / 16-bit validation loss of the merged model.")
+    argmax_agreement: float | None = Field(default=None, ge=0, le=1, description="Share of validation completion tokens whose greedy prediction equals the 16-bit merged model's.")
+    within_tolerance: bool | None = Field(default=None, description="Whether both stayed within the training workload's tolerance (loss within 10%, agreement at least 90%). A RolloutPolicy that serves quantized models never picks a version whose model did not.")
+
+
 class Lineage(ApiModel):
     """Where the adapter came from."""
 
@@ -58,10 +69,17 @@ class AdapterVersionSpec(ApiModel):
     version: int = Field(ge=1, description="Version number within the family, allocated by the operator.")
     base_model: BaseModelLineage = Field(description="Base model lineage.")
     artifact: Artifact = Field(description="The adapter weights.")
-    quantized: Artifact | None = Field(default=None, description="The merged, quantized model, when one was made.")
+    quantized: QuantizedArtifact | None = Field(default=None, description="The merged, quantized model, when one was made (FineTuneJob spec.output.quantize); a RolloutPolicy with spec.target.artifact quantized serves it.")
     lineage: Lineage = Field(default_factory=Lineage, description="Training lineage.")
     metrics: dict[str, float] = Field(default_factory=dict, description="Validation and retention metrics.")
     gates: list[GateResult] = Field(default_factory=list, max_length=32, description="Gate results; any failed gate makes the version Rejected.")
+
+
+class QuantizedStatus(ApiModel):
+    """What is known of the version's quantized model (spec.quantized)."""
+
+    size_ratio: float | None = Field(default=None, description="The quantized model's size over the same merged model's in 16 bit (spec.quantized sizeBytes, as verified for a hand-registered version, over referenceSizeBytes): below 1 is smaller.")
+    verified_sha256: str | None = Field(default=None, description="sha256 the quantized model was verified to have (a hand-registered version's verification Job).")
 
 
 class AdapterVersionStatus(StatusBase):
@@ -71,3 +89,4 @@ class AdapterVersionStatus(StatusBase):
     served_by: list[str] = Field(default_factory=list, description="RolloutPolicies that currently serve this version.")
     job_name: str | None = Field(default=None, description="The Job that verified a hand-registered artifact.")
     verified_sha256: str | None = Field(default=None, description="sha256 the artifact was verified to have.")
+    quantized: QuantizedStatus | None = Field(default=None, description="The quantized model's size against the 16-bit model, and its verification.")

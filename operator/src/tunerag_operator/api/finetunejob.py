@@ -213,6 +213,17 @@ class Progress(ApiModel):
     resumed_from_step: int | None = Field(default=None, description="Checkpoint step the last pod resumed from (after a preemption or crash).")
 
 
+class QuantizedResult(ApiModel):
+    """The merged, quantized model a run made (spec.output.quantize); its AdapterVersion's
+    spec.quantized registers it with its digest and quality figures."""
+
+    uri: str = Field(max_length=2048, description="Where it was published (the run folder's quantized/).")
+    format: Literal["merged-nf4", "merged-int8"] = Field(description="What the folder holds.")
+    size_bytes: int = Field(ge=0, description="Its size (every file but the manifest).")
+    size_ratio: float | None = Field(default=None, description="Its size over the same merged model's in 16 bit: below 1 is smaller.")
+    within_tolerance: bool | None = Field(default=None, description="Whether its validation loss and greedy predictions stayed within tolerance of the 16-bit merged model's.")
+
+
 class FineTuneJobStatus(StatusBase):
     """Observed state of a FineTuneJob."""
 
@@ -222,6 +233,7 @@ class FineTuneJobStatus(StatusBase):
     progress: Progress | None = Field(default=None, description="Training progress.")
     metrics: dict[str, float] = Field(default_factory=dict, description="Validation and retention metrics.")
     adapter_version: str | None = Field(default=None, description="Name of the AdapterVersion this run registered.")
+    quantized: QuantizedResult | None = Field(default=None, description="The merged, quantized model the run made, when spec.output.quantize was set.")
     report_uri: str | None = Field(default=None, max_length=2048, description="The run's HTML report in the artifact store: data, loss curves, metrics against the gates, retention against the base model, hyper-parameters, lineage (report.json beside it holds the same as JSON).")
     start_time: str | None = Field(default=None, description="When the run started.")
     completion_time: str | None = Field(default=None, description="When the run finished.")

@@ -38,8 +38,19 @@ FEEDBACK_NEEDS_DATABASE = ("feedback needs a database: set feedback.connectionSe
                            "database is used)")
 
 
+QUANTIZED_NEEDS_TUNERAG = ("artifact quantized is served by the tunerag runtime only: vllm serves the base model with "
+                          "LoRA modules")
+QUANTIZED_NOT_4BIT = "artifact quantized serves each version's own quantized model: loadIn4Bit quantizes a base model, which is not loaded"
+
+
 class Target(ApiModel):
     """The InferenceService the policy drives."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        {"rule": "self.artifact != 'quantized' || self.runtime == 'tunerag'", "message": QUANTIZED_NEEDS_TUNERAG,
+         "fieldPath": ".artifact"},
+        {"rule": "self.artifact != 'quantized' || !self.loadIn4Bit", "message": QUANTIZED_NOT_4BIT, "fieldPath": ".loadIn4Bit"},
+    ]})
 
     inference_service: str = Field(pattern=DNS_LABEL, max_length=45, description="Name of the InferenceService (same namespace).")
     adopt: bool = Field(default=False, description="Adopt an existing InferenceService instead of creating one.")
@@ -48,7 +59,16 @@ class Target(ApiModel):
     base_model: Uri
     max_new_tokens: int = Field(default=64, ge=1, le=8192, description="Most tokens generated per request (tunerag runtime).")
     load_in_4bit: bool = Field(default=False, description="Load the base model 4-bit (tunerag runtime).")
+    artifact: Literal["adapter", "quantized"] = Field(default="adapter", description="What each AdapterVersion is served as: adapter (the base model with the version's LoRA adapter, spec.artifact) or quantized (the version's merged, quantized model, spec.quantized, alone; tunerag runtime only; versions without one within its quality tolerance are not rolled out).")
     resources: PodResources = Field(default_factory=PodResources, description="Predictor resources.")
+
+    @model_validator(mode="after")
+    def _quantized_on_tunerag(self) -> Self:
+        if self.artifact == "quantized" and self.runtime != "tunerag":
+            raise ValueError(f"artifact: {QUANTIZED_NEEDS_TUNERAG}")
+        if self.artifact == "quantized" and self.load_in_4bit:
+            raise ValueError(f"loadIn4Bit: {QUANTIZED_NOT_4BIT}")
+        return self
 
 
 class AdapterSelector(ApiModel):

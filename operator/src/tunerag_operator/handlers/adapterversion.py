@@ -16,6 +16,7 @@ from tunerag_operator.config import OperatorConfig
 from tunerag_operator.handlers import runs
 from tunerag_operator.handlers.base import register
 from tunerag_operator.references import Problem
+from tunerag_operator.registry import size_ratio
 from tunerag_operator.render.workload import Owner, WorkloadRun, run_name
 from tunerag_operator.runstate import RunState
 
@@ -29,29 +30,46 @@ def check(spec: AdapterVersionSpec, namespace: str) -> list[Problem]:
     return problems
 
 
+def quantized_status(spec: AdapterVersionSpec, verified: dict[str, Any] | None = None) -> dict[str, Any]:
+    """status.quantized: the quantized model's size over the 16-bit merged model's (from the spec, or
+    from the size the verification Job measured) and the digest it was verified to have."""
+    q = spec.quantized
+    if q is None:
+        return {}
+    size = verified.get("sizeBytes") if verified else q.size_bytes
+    out: dict[str, Any] = {"sizeRatio": size_ratio(size, q.reference_size_bytes)}
+    if verified:
+        out["verifiedSha256"] = verified.get("sha256")
+    return {"quantized": {k: v for k, v in out.items() if v is not None}}
+
+
 def decide(spec: AdapterVersionSpec, body: kopf.Body, config: OperatorConfig) -> dict[str, Any]:
     """A version with gate results (registered by a FineTuneJob, whose workload computed the
-    checksum it publishes) is Validated when every gate passed and Rejected otherwise. A version
-    registered by hand has no gates: a verification Job checks that the artifact exists and has the
-    recorded sha256. Phases set by a rollout (Canary, Serving, Retired) are left alone."""
+    checksums it publishes, the quantized model's too) is Validated when every gate passed and
+    Rejected otherwise. A version registered by hand has no gates: a verification Job checks that the
+    artifact (and the quantized model, if any) exists and has the recorded sha256. Phases set by a
+    rollout (Canary, Serving, Retired) are left alone."""
     if body.status.get("phase") in SERVING_PHASES:
         return {}
     failed = [g for g in spec.gates if not g.passed]
     if failed:
         detail = "; ".join(f"{g.name} {g.value:.4g} vs {g.threshold:.4g}" for g in failed)
-        return {"phase": "Rejected", "ready": ("False", "GateFailed", f"Failed gates: {detail}. Never served.")}
+        return {"phase": "Rejected", "ready": ("False", "GateFailed", f"Failed gates: {detail}. Never served."),
+                **quantized_status(spec)}
     if spec.gates:
-        return {"phase": "Validated", "ready": ("True", "Ready", f"All {len(spec.gates)} gates passed.")}
+        return {"phase": "Validated", "ready": ("True", "Ready", f"All {len(spec.gates)} gates passed."),
+                **quantized_status(spec)}
     owner = Owner(ADAPTERVERSION.kind, body.meta["name"], body.meta["namespace"], body.meta["uid"], body.meta["generation"])
     if body.status.get("jobName") == run_name(owner, "verify"):
         return {}
-    claims = references.claims_of(spec.artifact.uri)
+    claims = references.claims_of(spec.artifact.uri, *([spec.quantized.uri] if spec.quantized else []))
     job_name = runs.start(WorkloadRun(
         owner=owner, component="verify", module="tunerag_workloads.finetune.verify",
         spec=spec.model_dump(mode="json", exclude_none=True), image=config.workloads_image,
         resources=PodResources(), claims=claims, backoff_limit=1, suffix="verify",
     ))
-    return {"jobName": job_name, "ready": ("False", "Verifying", f"Verifying {spec.artifact.uri} ({job_name}).")}
+    what = spec.artifact.uri + (f" and {spec.quantized.uri}" if spec.quantized else "")
+    return {"jobName": job_name, "ready": ("False", "Verifying", f"Verifying {what} ({job_name}).")}
 
 
 @runs.observe(ADAPTERVERSION.kind)
@@ -65,11 +83,14 @@ def observe_run(namespace: str, name: str, job_name: str, state: RunState) -> No
     generation = obj["metadata"]["generation"]
     if state.phase == "Succeeded" and state.result:
         digest = str(state.result.get("sha256"))
+        verified = state.result.get("quantized")
+        also = f"; the quantized model has sha256 {verified.get('sha256')}" if isinstance(verified, dict) else ""
         conds = set_condition(status.get("conditions") or [], "Ready", "True", "Verified",
-                              f"The artifact exists and has sha256 {digest}.", generation)
+                              f"The artifact exists and has sha256 {digest}{also}.", generation)
+        quantized = quantized_status(AdapterVersionSpec.model_validate(obj["spec"]), verified) if isinstance(verified, dict) else {}
         kubeapi.patch_status(namespace, ADAPTERVERSION.plural, name,
-                             {"phase": "Validated", "verifiedSha256": digest, "conditions": conds})
-        events.info(obj, "Verified", f"The artifact has the recorded sha256 {digest}.")
+                             {"phase": "Validated", "verifiedSha256": digest, "conditions": conds, **quantized})
+        events.info(obj, "Verified", f"The artifact has the recorded sha256 {digest}{also}.")
     else:
         conds = set_condition(status.get("conditions") or [], "Ready", "False", state.reason, state.message, generation)
         kubeapi.patch_status(namespace, ADAPTERVERSION.plural, name, {"phase": "Failed", "conditions": conds})

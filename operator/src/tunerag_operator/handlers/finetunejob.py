@@ -65,8 +65,32 @@ def start_run(spec: FineTuneJobSpec, body: kopf.Body, config: OperatorConfig) ->
     return {"jobName": runs.start(workload_run(spec, owner, config.workloads_image)), "phase": "Pending"}
 
 
+def quantized_spec(result: dict[str, Any]) -> dict[str, Any] | None:
+    """The run's merged, quantized model as an AdapterVersion's spec.quantized, or None when the run
+    made none (no spec.output.quantize, or a Rejected verdict: nothing to serve)."""
+    q = result.get("quantized")
+    if not isinstance(q, dict) or not q.get("uri") or not q.get("sha256"):
+        return None
+    figures = {"referenceSizeBytes": q.get("fp16SizeBytes"), "relativeLossDelta": q.get("relativeLossDelta"),
+               "argmaxAgreement": q.get("argmaxAgreement"), "withinTolerance": q.get("withinTolerance")}
+    return {"uri": q["uri"], "sha256": q["sha256"], "sizeBytes": q.get("sizeBytes"), "format": f"merged-{q.get('format')}",
+            **{k: v for k, v in figures.items() if v is not None}}
+
+
+def quantized_status(quantized: dict[str, Any]) -> dict[str, Any]:
+    """What a FineTuneJob's status says of the quantized model it registered."""
+    return {"uri": quantized["uri"], "format": quantized["format"], "sizeBytes": quantized["sizeBytes"],
+            "sizeRatio": registry.size_ratio(quantized["sizeBytes"], quantized.get("referenceSizeBytes")),
+            "withinTolerance": quantized.get("withinTolerance")}
+
+
 def adapter_spec(spec: dict[str, Any], name: str, result: dict[str, Any]) -> dict[str, Any]:
     adapter = result.get("adapter") or {}
+    quantized = quantized_spec(result)
+    metrics = {k: float(v) for k, v in (result.get("metrics") or {}).items() if isinstance(v, int | float)}
+    if quantized is not None:  # the quantized model's quality, beside the adapter's
+        metrics |= {f"quantized{k[0].upper()}{k[1:]}": float(quantized[k]) for k in ("relativeLossDelta", "argmaxAgreement")
+                    if isinstance(quantized.get(k), int | float)}
     return {
         "baseModel": {k: v for k, v in {"uri": spec["baseModel"]["uri"], "revision": spec["baseModel"].get("revision"),
                                         "digest": (result.get("baseModel") or {}).get("digest")}.items() if v},
@@ -76,8 +100,9 @@ def adapter_spec(spec: dict[str, Any], name: str, result: dict[str, Any]) -> dic
                     "datasets": {k: v["uri"] for k, v in spec["dataset"].items() if isinstance(v, dict) and "uri" in v},
                     "hyperParameters": {k: str(v) for k, v in (result.get("hyperParameters") or {}).items()},
                     **({"reportUri": result["reportUri"]} if result.get("reportUri") else {})},
-        "metrics": {k: float(v) for k, v in (result.get("metrics") or {}).items() if isinstance(v, int | float)},
+        "metrics": metrics,
         "gates": result.get("gates") or [],
+        **({"quantized": quantized} if quantized is not None else {}),
     }
 
 
@@ -105,6 +130,8 @@ def observe_run(namespace: str, name: str, job_name: str, state: RunState) -> No
                    "metrics": {k: float(v) for k, v in (result.get("metrics") or {}).items() if isinstance(v, int | float)}}
         if result.get("reportUri"):
             update["reportUri"] = result["reportUri"]
+        if quantized := (av.get("spec") or {}).get("quantized"):
+            update["quantized"] = quantized_status(quantized)
         if any(c.get("type") == ARTIFACT_STORE and c.get("status") == "False" for c in conds):
             conds = set_condition(conds, ARTIFACT_STORE, "True", "ArtifactStoreAvailable",
                                   "The artifact store answered again; the adapter was published in full.", generation)
@@ -115,7 +142,11 @@ def observe_run(namespace: str, name: str, job_name: str, state: RunState) -> No
                                   f"Registered {av['metadata']['name']} as Rejected: failed gates: {gates}.", generation)
         else:
             update["phase"] = "Succeeded"
-            conds = set_condition(conds, "Ready", "True", "Ready", f"Registered {av['metadata']['name']}.", generation)
+            note = ""
+            if (update.get("quantized") or {}).get("withinTolerance") is False:
+                note = (f" Its {update['quantized']['format']} model is outside the quality tolerance of the 16-bit merged model "
+                        "(see its spec.quantized): a RolloutPolicy serving quantized models skips this version.")
+            conds = set_condition(conds, "Ready", "True", "Ready", f"Registered {av['metadata']['name']}.{note}", generation)
     elif state.phase == "Failed":
         update |= {"phase": "Failed", "completionTime": state.completion_time or now()}
         conds = set_condition(conds, "Ready", "False", state.reason, state.message, generation)

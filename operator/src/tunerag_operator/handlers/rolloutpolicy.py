@@ -29,7 +29,7 @@ from tunerag_operator.handlers.base import describe_validation_error
 from tunerag_operator.handlers.timers import owns_status
 from tunerag_operator.references import Problem
 from tunerag_operator.rollout import analysis, prometheus
-from tunerag_operator.rollout.controller import Blocked, Pass, serving_binding, versions
+from tunerag_operator.rollout.controller import Blocked, Pass, Version, serving_binding, version_of, versions
 
 TICK = float(os.environ.get("TUNERAG_ROLLOUT_TICK", "5"))
 # A settled policy looks for new versions and repairs drift of its InferenceService this often; in
@@ -54,22 +54,12 @@ def check(spec: RolloutPolicySpec, namespace: str, prometheus_allow: tuple[str, 
     return problems
 
 
-def _family(namespace: str, family: str) -> list[dict[str, Any]]:
+def _family(namespace: str, family: str) -> list[Version]:
     """The family's AdapterVersions as the rollout needs them (one LIST per unsettled pass)."""
     api = client.CustomObjectsApi(kubeapi.api_client())
     resp = api.list_namespaced_custom_object(GROUP, VERSION, namespace, ADAPTERVERSION.plural, _preload_content=False)
-    out = []
-    for item in json.loads(resp.data).get("items", []):
-        spec, status = item.get("spec") or {}, item.get("status") or {}
-        if spec.get("family") != family:
-            continue
-        artifact = spec.get("artifact") or {}
-        out.append({
-            "name": item["metadata"]["name"], "version": spec.get("version") or 0, "phase": status.get("phase"),
-            "uri": artifact.get("uri", ""), "sha256": artifact.get("sha256", ""),
-            "baseModel": (spec.get("baseModel") or {}).get("uri", ""),
-        })
-    return out
+    return [version_of(item) for item in json.loads(resp.data).get("items", [])
+            if (item.get("spec") or {}).get("family") == family]
 
 
 SYNCED = "tunerag_rollout_synced"  # per-object memo: when this operator last ran a full pass

@@ -42,11 +42,13 @@ HTTP_PORT = 8080
 
 @dataclass(frozen=True)
 class ServedAdapter:
-    """An AdapterVersion as a predictor loads it."""
+    """An AdapterVersion as a predictor loads it: its LoRA adapter (`peft-lora`, on the base model)
+    or its merged, quantized model (`merged-nf4`, `merged-int8`, `merged-fp16`: loaded alone)."""
 
     name: str
     uri: str
     sha256: str
+    format: str = "peft-lora"
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,10 @@ def serve_config(s: Serving, service: str, adapters: list[ServedAdapter]) -> dic
         "aliases": [s.service] if service != s.service else [],
         "baseModel": s.target.base_model,
         "loadIn4bit": s.target.load_in_4bit,
-        "adapters": [{"name": a.name, "uri": a.uri, "sha256": a.sha256} for a in adapters],
+        # `format` only for a merged model: an adapter's entry stays as it was, so an upgraded
+        # operator renders the same predictors (no new revision) for the policies it already serves.
+        "adapters": [{"name": a.name, "uri": a.uri, "sha256": a.sha256}
+                     | ({"format": a.format} if a.format != "peft-lora" else {}) for a in adapters],
         "retrieval": None if r is None else {
             "schema": r.schema, "table": r.table, "topK": r.top_k, "promptTemplate": r.prompt_template,
             "efSearch": r.ef_search, "hybrid": r.hybrid,
@@ -138,7 +143,9 @@ def _tunerag_predictor(s: Serving, service: str, adapter: ServedAdapter | None) 
 
 def _vllm_predictor(s: Serving, adapter: ServedAdapter | None) -> dict[str, Any]:
     """KServe's Hugging Face runtime with vLLM serving the adapter as a LoRA module. The storage
-    initializer fetches the base model to /mnt/models; the adapter is read from its own URI."""
+    initializer fetches the base model to /mnt/models; the adapter is read from its own URI. (A
+    merged, quantized model is never rendered here: admission refuses spec.target.artifact
+    quantized with this runtime, docs/serving.md.)"""
     args = ["--enable-lora", "--max-lora-rank=64"]
     if adapter is not None:
         args.append(f"--lora-modules={adapter.name}={adapter.uri}")

@@ -1,9 +1,11 @@
 """Optional: merge the adapter into the base and quantize the merged model (nf4 or int8, bitsandbytes).
 
-Sizes are measured on disk: the merged model saved in float16 (the usual serving baseline) and the
-quantized model as bitsandbytes serializes it (embeddings and the LM head stay in 16 bit, so small
-models compress less than the 4x of the weights alone). The quantized model is reloaded from what
-was saved and compared with the unquantized merged model on the validation set:
+Sizes are measured on disk, every file of the folder but the manifest (weights, config, tokenizer):
+the merged model saved in float16 (the usual serving baseline) and the quantized model as
+bitsandbytes serializes it (embeddings and the LM head stay in 16 bit, so small models compress less
+than the 4x of the weights alone). So the quantized size is its manifest's `sizeBytes`, the size an
+AdapterVersion registers, and both folders count the same non-weight files. The quantized model is
+reloaded from what was saved and compared with the unquantized merged model on the validation set:
 
 - relative validation-loss difference |q - ref| / ref   <= LOSS_TOLERANCE
 - greedy (argmax) agreement on completion tokens          >= AGREEMENT_TOLERANCE
@@ -29,7 +31,8 @@ AGREEMENT_TOLERANCE = 0.90
 
 
 def folder_size(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and p.suffix in {".safetensors", ".bin"})
+    """Bytes of the folder's files, the manifest excluded (as `build_manifest` counts them)."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
 
 
 @torch.no_grad()
@@ -79,7 +82,7 @@ def merge_and_quantize(*, base_path: str, adapter_dir: Path, fmt: str, validatio
         AutoTokenizer.from_pretrained(merged_dir).save_pretrained(quant_dir)
         del q
         quant_size = folder_size(quant_dir)
-        reloaded = AutoModelForCausalLM.from_pretrained(quant_dir, device_map={"": dev.index or 0} if dev.type == "cuda" else {"": "cpu"})
+        reloaded = load_merged(quant_dir, dev)
         q_loss, q_pred = loss_and_argmax(reloaded, validation, max_len, pad_id)
         agreement = float((q_pred == ref_pred).float().mean()) if len(ref_pred) else 1.0
         loss_delta = abs(q_loss - ref_loss) / ref_loss if ref_loss > 0 else 0.0
@@ -94,6 +97,14 @@ def merge_and_quantize(*, base_path: str, adapter_dir: Path, fmt: str, validatio
         "withinTolerance": loss_delta <= LOSS_TOLERANCE and agreement >= AGREEMENT_TOLERANCE,
         "tolerance": {"relativeLossDelta": LOSS_TOLERANCE, "argmaxAgreement": AGREEMENT_TOLERANCE},
     }
+
+
+def load_merged(folder: Path, dev: torch.device) -> Any:
+    """A saved merged model, loaded as the check above measured it (and as the serving workload
+    serves it): its quantization from its own config.json, every weight on `dev`."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(folder, device_map={"": dev.index or 0} if dev.type == "cuda" else {"": "cpu"})
 
 
 def build_manifest_tree(folder: Path) -> dict[str, Any]:

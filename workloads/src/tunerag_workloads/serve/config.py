@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping
+from typing import Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
@@ -33,6 +34,13 @@ class AdapterRef(_Model):
                       description="The AdapterVersion's name: the `model` that selects it and its metric label.")
     uri: str = Field(pattern=URI, max_length=2048, description="Folder of the published adapter (peft format).")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="The folder's sha256 (AdapterVersion spec.artifact.sha256).")
+    format: Literal["peft-lora", "merged-nf4", "merged-int8", "merged-fp16"] = Field(
+        default="peft-lora", description="peft-lora: an adapter loaded on the base model; merged-*: the version's merged "
+                                         "(quantized) model, spec.quantized, loaded alone instead of the base model.")
+
+    @property
+    def merged(self) -> bool:
+        return self.format != "peft-lora"
 
 
 class Retrieval(_Model):
@@ -86,7 +94,19 @@ class ServeConfig(_Model):
             raise ValueError(f"adapter names must be unique: {names}")
         if BASE in names:
             raise ValueError(f"{BASE!r} is reserved for the base model and cannot name an adapter")
+        if any(a.merged for a in self.adapters):
+            if len(self.adapters) > 1:
+                raise ValueError("a merged model (format merged-*) is served alone: it replaces the base model, so no other "
+                                 "adapter can share the process")
+            if self.load_in_4bit:
+                raise ValueError("loadIn4bit quantizes the base model, which a merged model replaces: its own config holds "
+                                 "its quantization")
         return self
+
+    @property
+    def merged(self) -> AdapterRef | None:
+        """The merged model served instead of the base model and adapters, if any."""
+        return self.adapters[0] if self.adapters and self.adapters[0].merged else None
 
     @property
     def default_adapter(self) -> str:

@@ -1,4 +1,5 @@
-"""The model: a causal LM with every adapter loaded by peft, and greedy generation.
+"""The model: a causal LM with every adapter loaded by peft, or one version's merged (quantized)
+model alone, and greedy generation.
 
 peft keeps one active adapter per model (`set_adapter` is global state), so choosing the adapter and
 generating happen together under one lock: concurrent requests for different adapters are
@@ -36,11 +37,15 @@ class Generated:
 
 
 class Engine:
-    def __init__(self, model: Any, tokenizer: Any, adapters: tuple[str, ...], device: torch.device) -> None:
+    def __init__(self, model: Any, tokenizer: Any, adapters: tuple[str, ...], device: torch.device,
+                 merged: bool = False) -> None:
+        """`merged`: the model is one version's merged model, `adapters` its name alone; there is no
+        base model to serve beside it."""
         self.model = model
         self.tokenizer = tokenizer
         self.adapters = adapters
         self.device = device
+        self.merged = merged
         self._lock = threading.Lock()
         eos = model.generation_config.eos_token_id
         self._eos = {tokenizer.eos_token_id} | set(eos if isinstance(eos, list) else [eos])
@@ -75,9 +80,18 @@ class Engine:
         text = self.tokenizer.decode(kept, skip_special_tokens=True)
         return Generated(text=text, tokens_in=len(ids), tokens_out=len(new), finish_reason=finish)
 
+    @property
+    def has_base(self) -> bool:
+        """Whether `base` (the base model without adapters) can be served."""
+        return not self.merged
+
     @contextlib.contextmanager
     def _selected(self, adapter: str) -> Iterator[None]:
-        if not self.adapters:
+        if self.merged:
+            if adapter not in self.adapters:
+                raise KeyError(adapter)
+            yield
+        elif not self.adapters:
             if adapter != BASE:
                 raise KeyError(adapter)
             yield
@@ -157,11 +171,36 @@ def _check_weights(model: Any, adapter: LocalAdapter) -> None:
         raise WorkloadError("AdapterIncompatible", f"adapter {adapter.name} does not fit base model: " + "; ".join(problems))
 
 
+def _load_merged(merged: LocalAdapter) -> Engine:
+    """A version's merged model (already verified) alone, loaded as the training workload's quality
+    check loaded it (`finetune.quantize.load_merged`), with the tokenizer saved beside it."""
+    from transformers import AutoTokenizer
+
+    from tunerag_workloads.finetune.quantize import load_merged
+    from tunerag_workloads.finetune.train import device
+
+    dev = device()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(merged.path)
+        model = load_merged(merged.path, dev)
+    except (OSError, ValueError) as exc:
+        raise WorkloadError("AdapterInvalid", f"adapter {merged.name}: cannot load the {merged.format} model at "
+                            f"{merged.uri}: {str(exc)[:500]}") from exc
+    except (RuntimeError, ImportError) as exc:
+        raise WorkloadError("QuantizationUnavailable", f"cannot load the {merged.format} model of {merged.name} on "
+                            f"{dev.type}: {str(exc)[:500]}") from exc
+    return Engine(model.eval(), tokenizer, (merged.name,), next(model.parameters()).device, merged=True)
+
+
 def load_engine(config: ServeConfig, adapters: list[LocalAdapter], work_dir: Path) -> Engine:
-    """The base model and the adapters (already verified), in order: the first is the default."""
+    """The base model and the adapters (already verified), in order: the first is the default. Or a
+    version's merged model alone (config.merged), which replaces the base model."""
     from transformers import AutoTokenizer
 
     from tunerag_workloads.finetune.train import resolve_model_path
+
+    if adapters and adapters[0].merged:
+        return _load_merged(adapters[0])
 
     path = resolve_model_path(config.base_model, work_dir)
     try:

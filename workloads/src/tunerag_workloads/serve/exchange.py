@@ -56,13 +56,14 @@ class Responder:
     def models(self) -> list[str]:
         """What `model` may name: the service and its aliases (its default adapter), each adapter, the
         base model."""
-        return list(dict.fromkeys([self.config.service, *self.config.aliases, *self.engine.adapters, BASE]))
+        base = [BASE] if self.engine.has_base else []
+        return list(dict.fromkeys([self.config.service, *self.config.aliases, *self.engine.adapters, *base]))
 
     def resolve(self, model: str | None) -> str:
         """The adapter version a request's `model` selects (None: the default)."""
         if model is None or model == "":
             return self.config.default_adapter
-        if model in self.engine.adapters or model == BASE:
+        if model in self.engine.adapters or (model == BASE and self.engine.has_base):
             return model
         if model == self.config.service or model in self.config.aliases:
             return self.config.default_adapter

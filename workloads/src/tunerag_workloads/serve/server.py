@@ -49,7 +49,7 @@ def build(config: ServeConfig, database_url: str | None, work_dir: Path,
     retry_seconds = _number(env, "TUNERAG_FEEDBACK_RETRY_SECONDS", 60)
     adapters = [fetch_adapter(ref, work_dir) for ref in config.adapters]
     engine = load_engine(config, adapters, work_dir)
-    metrics = ServeMetrics(config.namespace, config.service, [*engine.adapters, BASE])
+    metrics = ServeMetrics(config.namespace, config.service, [*engine.adapters, *([BASE] if engine.has_base else [])])
     mask = masker(database_url)
     retriever = log = None
     if config.retrieval is not None and database_url:
@@ -104,9 +104,12 @@ def _serve(responder: Responder, host: str, port: int, drain: float) -> None:
     from tunerag_workloads.serve.app import create_app
 
     config = responder.config
-    parts = [f"base {config.base_model}" + (" (nf4)" if config.load_in_4bit else ""),
-             f"adapters {list(responder.engine.adapters)} (default {config.default_adapter})",
-             f"on {responder.engine.device}"]
+    if (merged := config.merged) is not None:
+        parts = [f"merged model {merged.uri} ({merged.format}) as {merged.name}, no base model", f"on {responder.engine.device}"]
+    else:
+        parts = [f"base {config.base_model}" + (" (nf4)" if config.load_in_4bit else ""),
+                 f"adapters {list(responder.engine.adapters)} (default {config.default_adapter})",
+                 f"on {responder.engine.device}"]
     if responder.retriever is not None:
         problem = responder.retriever.warm_up()
         parts.append(f"retrieval {config.retrieval.schema_}.{config.retrieval.table}" if config.retrieval else "")
