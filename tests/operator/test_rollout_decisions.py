@@ -5,6 +5,7 @@ abtest.decide; the end-to-end rollouts (tests/e2e/test_rollout.py) take minutes 
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -88,6 +89,11 @@ def test_two_proportion_z_without_variance_or_samples() -> None:
         two_proportion_z(0, 0, 5, 10)
     with pytest.raises(ValueError, match="samples"):
         two_proportion_z(5, 10, 0, 0)
+    one_each = two_proportion_z(1, 1, 0, 1)  # the smallest arms there are: computed, not refused
+    assert (round(one_each.z, 4), round(one_each.p_value, 4)) == (-1.4142, 0.1573)
+    for bad in ((1, -10, 1, 10), (1, 10, 1, -10)):  # counts are never negative; refused, not computed
+        with pytest.raises(ValueError, match="samples"):
+            two_proportion_z(*bad)
 
 
 # ----------------------------------------------------------------------------------- A/B decision
@@ -110,16 +116,31 @@ def test_a_candidate_better_at_the_confidence_is_promoted() -> None:
 
 
 def test_a_p_value_on_the_threshold_is_not_significant() -> None:
-    z = two_proportion_z(100, 200, 118, 200)
-    on_edge = AbTest(duration="10m", confidence=1 - z.p_value, min_samples=100)
-    assert decide(on_edge, (100, 200), (118, 200), 600).outcome == "RolledBack"
+    # 80/200 vs 98/200: p = 0.0701424...; a confidence of exactly 1 - p puts p on the threshold.
+    z = two_proportion_z(80, 200, 98, 200)
+    edge = 1 - z.p_value
+    assert 1 - edge == z.p_value  # exact in floating point for these counts
+    on_edge = AbTest(duration="10m", confidence=edge, min_samples=100)
+    assert decide(on_edge, (80, 200), (98, 200), 600).decision == "NoDifference"
+    below = AbTest(duration="10m", confidence=math.nextafter(edge, 0), min_samples=100)
+    assert decide(below, (80, 200), (98, 200), 600).decision == "CandidateBetter"
+
+
+def test_the_direction_decides_at_any_confidence() -> None:
+    # At confidence 0.5 a difference of z = +-0.80 (p = 0.42) is significant: better is promoted, worse is not.
+    loose = AbTest(duration="10m", confidence=0.5, min_samples=100)
+    better = decide(loose, (100, 200), (108, 200), 600)
+    assert (better.decision, better.outcome) == ("CandidateBetter", "Promoted")
+    assert better.z is not None and round(better.z.z, 4) == 0.8006
+    worse = decide(loose, (108, 200), (100, 200), 600)
+    assert (worse.decision, worse.outcome) == ("StableBetter", "RolledBack")
 
 
 def test_too_few_samples_wait_then_end_inconclusive_after_three_durations() -> None:
     d = decide(AB, (5, 99), (90, 100), 1800)  # one arm short: no z-test, still within 3 x 10 min
     assert (d.decision, d.outcome, d.z) == ("Running", None, None)
     assert d.why == "A/B test: 99 and 100 samples, waiting for 100 per arm."
-    assert decide(AB, (50, 100), (5, 99), 1800).outcome is None
+    assert decide(AB, (50, 100), (5, 99), 900).outcome is None
     d = decide(AB, (5, 99), (90, 100), 1800.5)
     assert (d.decision, d.outcome, d.z) == ("Inconclusive", "RolledBack", None)
     assert d.why == "too few samples after 1800s: 99 and 100 < 100."
