@@ -4,13 +4,14 @@ dry-run against the local API server, both deployment modes and both runtimes)."
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
 from kubernetes import client
 
 from tunerag_operator.api.common import PodResources, SecretKeyRef
-from tunerag_operator.api.rolloutpolicy import Canary, CanaryStep, Pause, Target
+from tunerag_operator.api.rolloutpolicy import Canary, CanaryStep, Pause, Retrieval, Target
 from tunerag_operator.render import inferenceservice as render
 from tunerag_operator.render.inferenceservice import Desired, FeedbackBinding, RetrievalBinding, ServedAdapter, Serving
 from tunerag_operator.rollout import steps
@@ -140,3 +141,22 @@ def test_kserve_schema_accepts_the_ab_graph(api: client.ApiClient, kserve_crds: 
 def test_resources_flow_into_the_predictor() -> None:
     assert render.predictor(_serving(), "qa", V1)["nodeSelector"] == {"pool": "gpu"}
     assert PodResources().gpus == 0
+
+
+@pytest.mark.parametrize(("index", "probes"), [
+    ({}, None),  # the store's defaults: HNSW
+    ({"type": "hnsw", "probes": 7}, None),  # probes mean nothing to HNSW
+    ({"type": "ivfflat"}, None),  # the server's own default, 10: the config as before
+    ({"type": "ivfflat", "probes": 10}, None),
+    ({"type": "ivfflat", "probes": 7}, 7),
+])
+def test_the_index_query_settings_reach_the_served_config(index: dict[str, Any], probes: int | None) -> None:
+    """The VectorIndex's efSearch and (for IVFFlat) probes are what the model server queries
+    with; serving always used probes 10 whatever the index said."""
+    store = {"table": "docs", "connectionSecret": {"name": "db", "key": "uri"}, "index": {**index, "efSearch": 150}}
+    retrieval = Retrieval.model_validate({"vectorIndex": {"name": "docs"}, "topK": 3})
+    binding = RetrievalBinding.of(store, retrieval)
+    config = render.serve_config(replace(_serving(), retrieval=binding), "qa", [V1])["retrieval"]
+    assert (config["table"], config["topK"], config["efSearch"]) == ("docs", 3, 150)
+    assert config.get("probes") == probes
+    assert ("probes" in config) == (probes is not None)

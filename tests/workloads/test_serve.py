@@ -45,6 +45,7 @@ from workloads import serve_fixtures as sf
 PASSWORD = "hunter2-not-for-logs"
 QUESTION = "Which moons orbit Jupiter?"  # answered only by web/astronomy.html
 EF_SEARCH = 120  # the rag server's efSearch: neither pgvector's default (40) nor tunerag's (100)
+PROBES = 7  # and its probes: neither pgvector's default (1) nor tunerag's (10)
 PROMPTS = ["count : one two", "color of apple ?", "the cat sat on"]
 
 
@@ -75,7 +76,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, postgres: Any, minilm: Any, 
         servers.db_name = db_name = f"t_serve_{uuid.uuid4().hex[:8]}"
         db = postgres.create_database(db_name)
         run_index(index_kit.index_spec(index_kit.write_corpus(root / "docs")), db_uri=db, model=minilm)
-        retrieval = {"schema": "public", "table": "docs", "topK": 2, "efSearch": EF_SEARCH, "hybrid": False,
+        retrieval = {"schema": "public", "table": "docs", "topK": 2, "efSearch": EF_SEARCH, "probes": PROBES, "hybrid": False,
                      "promptTemplate": "Context:\n{context}\n\nQuestion: {question}\nAnswer:"}
         # The server's sessions log every statement, with its parameters, to the server's log.
         logged = db + "?" + urllib.parse.urlencode({"options": "-c log_statement=all"}, quote_via=urllib.parse.quote)
@@ -308,16 +309,16 @@ def logged_transactions(log: str) -> list[list[str]]:
     return done
 
 
-def ef_search_set_by(statement: str) -> int | None:
-    """The value a logged `set_config('hnsw.ef_search', $n, ...)` set, from its parameters."""
-    found = re.search(r"set_config\('hnsw\.ef_search', \$(\d+), true\).* -- Parameters: (.*)", statement)
+def setting_set_by(statement: str, name: str = "hnsw.ef_search") -> int | None:
+    """The value a logged `set_config('<name>', $n, ...)` set, from its parameters."""
+    found = re.search(rf"set_config\('{re.escape(name)}', \$(\d+), true\).* -- Parameters: (.*)", statement)
     value = re.search(rf"\${found.group(1)} = '(\d+)'", found.group(2)) if found else None
     return int(value.group(1)) if value else None
 
 
 def test_retrieval_runs_with_the_configured_ef_search(rag: Any, fleet: SimpleNamespace) -> None:
     """Every query on the index's view runs in a transaction that set hnsw.ef_search to efSearch
-    first (read from the server's own statements in PostgreSQL's log). On this corpus of a few
+    and ivfflat.probes to probes first (read from the server's own statements in PostgreSQL's log). On this corpus of a few
     chunks the planner reads every row, so no setting changes the answer here;
     test_retrieval_scale.py shows what ef_search changes once the index answers."""
     def searches() -> list[list[str]]:
@@ -331,7 +332,9 @@ def test_retrieval_runs_with_the_configured_ef_search(rag: Any, fleet: SimpleNam
     assert len(after) > before, after  # this request's
     for statements in after:
         query = next(i for i, s in enumerate(statements) if 'FROM "public"."docs"' in s)
-        assert [ef for ef in map(ef_search_set_by, statements[:query]) if ef is not None] == [EF_SEARCH], statements
+        assert [ef for ef in map(setting_set_by, statements[:query]) if ef is not None] == [EF_SEARCH], statements
+        probes = [setting_set_by(st, "ivfflat.probes") for st in statements[:query]]
+        assert [p for p in probes if p is not None] == [PROBES], statements
 
 
 def wait_for_row(db: str, exchange_id: str, column: str = "exchange_id", timeout: float = 20) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tunerag_operator.api.common import API_VERSION, GROUP, SecretKeyRef
-from tunerag_operator.api.rolloutpolicy import Target
+from tunerag_operator.api.rolloutpolicy import Retrieval, Target
 from tunerag_operator.references import claims_of
 from tunerag_operator.render.workload import (
     CONTAINER_SECURITY,
@@ -59,6 +59,19 @@ class RetrievalBinding:
     prompt_template: str
     ef_search: int
     hybrid: bool
+    probes: int | None = None  # IVFFlat's lists searched per query; None: the server's default (10)
+
+    @classmethod
+    def of(cls, store: dict[str, Any], retrieval: Retrieval) -> RetrievalBinding:
+        """The binding of a policy's retrieval to its VectorIndex's `spec.store`. The index's
+        query settings travel with it: efSearch, and IVFFlat's probes where they change the
+        answer (an HNSW index, or the default 10, renders the config as before, so an upgraded
+        operator restarts no predictor for it)."""
+        index = store.get("index") or {}
+        probes = int(index.get("probes", 10))
+        return cls(schema=store.get("schema", "public"), table=store["table"], top_k=retrieval.top_k,
+                   prompt_template=retrieval.prompt_template, ef_search=int(index.get("efSearch", 100)),
+                   hybrid=retrieval.hybrid, probes=probes if index.get("type") == "ivfflat" and probes != 10 else None)
 
 
 @dataclass(frozen=True)
@@ -100,7 +113,7 @@ def serve_config(s: Serving, service: str, adapters: list[ServedAdapter]) -> dic
         "retrieval": None if r is None else {
             "schema": r.schema, "table": r.table, "topK": r.top_k, "promptTemplate": r.prompt_template,
             "efSearch": r.ef_search, "hybrid": r.hybrid,
-        },
+        } | ({"probes": r.probes} if r.probes is not None else {}),
         "feedback": None if f is None else {"schema": f.schema, "table": f.table},
         "generation": {"maxNewTokens": s.target.max_new_tokens},
     }

@@ -143,10 +143,7 @@ def serving_binding(spec: RolloutPolicySpec, body: dict[str, Any], image: str) -
         if not (vi.get("status") or {}).get("tableVersion"):
             raise Blocked("WaitingForIndex", f"VectorIndex {spec.retrieval.vector_index.name} has not completed a first run yet.")
         store = vi["spec"]["store"]
-        retrieval = RetrievalBinding(
-            schema=store.get("schema", "public"), table=store["table"], top_k=spec.retrieval.top_k,
-            prompt_template=spec.retrieval.prompt_template,
-            ef_search=int((store.get("index") or {}).get("efSearch", 100)), hybrid=spec.retrieval.hybrid)
+        retrieval = RetrievalBinding.of(store, spec.retrieval)
         from tunerag_operator.api.common import SecretKeyRef
 
         database = SecretKeyRef.model_validate(store["connectionSecret"])

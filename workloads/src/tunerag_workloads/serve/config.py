@@ -51,6 +51,7 @@ class Retrieval(_Model):
     prompt_template: str = Field(default="Context:\n{context}\n\nQuestion: {question}\nAnswer:", max_length=8192,
                                  description="Prompt with {context} (the chunks) and {question}.")
     ef_search: int = Field(default=100, ge=1, le=1000, description="hnsw.ef_search for the query.")
+    probes: int = Field(default=10, ge=1, le=32768, description="ivfflat.probes for the query (an IVFFlat index).")
     hybrid: bool = Field(default=False, description="Fuse full-text and vector rankings.")
 
     @model_validator(mode="after")

@@ -88,7 +88,8 @@ class Retriever:
             try:
                 with self._connection() as (conn, reused):
                     try:
-                        return search(conn, s.schema_, s.table, question, k=s.top_k, ef_search=s.ef_search, hybrid=s.hybrid)
+                        return search(conn, s.schema_, s.table, question, k=s.top_k, ef_search=s.ef_search,
+                                      probes=s.probes, hybrid=s.hybrid)
                     except psycopg.OperationalError:
                         if reused and attempt == 1:  # a pooled connection the server closed meanwhile
                             raise _Stale() from None
