@@ -89,6 +89,23 @@ def function_lines(path: Path, names: list[str]) -> list[tuple[int, int]]:
     return [found[n] for n in names]
 
 
+def annotation_spans(path: Path) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """Where the module's annotations are: with `from __future__ import annotations` they are
+    never evaluated, so a mutant inside one (`Version | None` -> `Version - None`) changes nothing."""
+    source = path.read_text()
+    if "from __future__ import annotations" not in source:
+        return []
+    spans = []
+    for node in ast.walk(ast.parse(source)):
+        found: list[ast.expr | None] = []
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            found.append(node.returns)
+        elif isinstance(node, (ast.arg, ast.AnnAssign)):
+            found.append(node.annotation)
+        spans += [((a.lineno, a.col_offset), (a.end_lineno or a.lineno, a.end_col_offset or 0)) for a in found if a is not None]
+    return spans
+
+
 def source_line(path: Path, line: int) -> str:
     return path.read_text().splitlines()[line - 1].strip()
 
@@ -122,6 +139,7 @@ def run_target(target: Target, work: Path, defaults: dict[str, Any], pytest_pyth
 
     session = work / f"{target.name}.sqlite"
     ranges = function_lines(module, target.functions) if target.functions else None
+    annotations = annotation_spans(module)
     excluded = list(defaults.get("exclude-operators", []))
     counts = {"mutants": 0, "killed": 0, "timeout": 0, "survived": 0, "equivalent": 0, "incompetent": 0}
     survivors: list[tuple[str, int, str, str]] = []
@@ -133,7 +151,8 @@ def run_target(target: Target, work: Path, defaults: dict[str, Any], pytest_pyth
         for item in db.work_items:
             m = item.mutations[0]
             inside = ranges is None or any(lo <= m.start_pos[0] <= hi for lo, hi in ranges)
-            if not inside or (skip and skip.search(m.operator_name)):
+            annotation = any(lo <= tuple(m.start_pos) < hi for lo, hi in annotations)
+            if not inside or annotation or (skip and skip.search(m.operator_name)):
                 db.set_result(item.job_id, WorkResult(worker_outcome=WorkerOutcome.SKIPPED, output="filtered"))
             else:
                 chosen.append(item)
