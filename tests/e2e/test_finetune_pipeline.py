@@ -97,7 +97,7 @@ def test_finetunejob_trains_validates_and_registers(
     # loads the merged model alone (no base model, no peft) and answers under the version's name.
     from tunerag_operator.api.rolloutpolicy import Target
     from tunerag_operator.render.inferenceservice import Serving, serve_config
-    from tunerag_operator.rollout.controller import version_of
+    from tunerag_operator.rollout.candidates import version_of
 
     target = Target.model_validate({"inferenceService": "colors", "baseModel": spec["baseModel"]["uri"],
                                     "artifact": "quantized", "maxNewTokens": 4})

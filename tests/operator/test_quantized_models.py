@@ -17,7 +17,7 @@ from tunerag_operator.handlers.adapterversion import quantized_status
 from tunerag_operator.handlers.finetunejob import adapter_spec
 from tunerag_operator.render import inferenceservice as render
 from tunerag_operator.render.inferenceservice import Desired, Serving
-from tunerag_operator.rollout.controller import Blocked, select, version_of, versions
+from tunerag_operator.rollout.candidates import Blocked, select, version_of, versions
 
 FTJ_SPEC = {"baseModel": {"uri": "pvc://models/tiny"}, "dataset": {"train": {"uri": "pvc://data/train.jsonl"}}}
 RESULT = {  # a Validated run's result with output.quantize nf4, as tunerag_workloads.finetune returns it

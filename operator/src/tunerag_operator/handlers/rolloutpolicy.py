@@ -29,7 +29,8 @@ from tunerag_operator.handlers.base import describe_validation_error
 from tunerag_operator.handlers.timers import owns_status
 from tunerag_operator.references import Problem
 from tunerag_operator.rollout import analysis, prometheus
-from tunerag_operator.rollout.controller import Blocked, Pass, Version, serving_binding, version_of, versions
+from tunerag_operator.rollout.candidates import Blocked, Version, version_of, versions
+from tunerag_operator.rollout.controller import Pass, serving_binding
 
 TICK = float(os.environ.get("TUNERAG_ROLLOUT_TICK", "5"))
 # A settled policy looks for new versions and repairs drift of its InferenceService this often; in

@@ -15,6 +15,7 @@ from tunerag_operator.conditions import now
 from tunerag_operator.render import inferenceservice as render
 from tunerag_operator.render.inferenceservice import Desired
 from tunerag_operator.rollout import prometheus
+from tunerag_operator.rollout.candidates import select
 from tunerag_operator.rollout.observe import Observed, failed_since, observe
 from tunerag_operator.rollout.stats import ZTest, two_proportion_z
 
@@ -64,7 +65,6 @@ def ab_pass(p: Pass) -> None:
         return p.progress()  # the family's first version, deployed without a test
     if cand is None:
         rolled_back = [h["candidate"] for h in p.status.get("history") or [] if h.get("outcome") == "RolledBack"]
-        from tunerag_operator.rollout.controller import select
 
         new = select(p.spec, p.family, stable, rolled_back)
         if new is None or stable is None:
