@@ -78,6 +78,28 @@ def test_new_settings_build_the_next_version_and_drop_abandoned_builds(store: St
     assert resumed.number == 3 and states(store) == [(1, "fp-a", "live"), (3, "fp-c", "building")]
 
 
+def test_the_version_asked_for_is_found_whatever_the_others_are(store: Store) -> None:
+    """Fingerprints and table names compare by equality, not order; the live version is the one
+    marked live, even with a retired version or an older build beside it."""
+    v1, _ = store.target("fp-m", {}, DIM)
+    store.switch(v1)
+    v2, replaces = store.target("fp-a", {}, DIM)  # settings whose fingerprint sorts before the live one's
+    assert (v2.number, replaces) == (2, v1)
+    v3, _ = store.target("fp-z", {}, DIM, drop_stale=False)  # one that sorts after the building one's
+    assert v3.number == 3
+    assert store.target("fp-a", {}, DIM, drop_stale=False)[0].number == 2
+    assert store.target("fp-q", {}, DIM, drop_stale=False)[0].number == 4  # between the two builds' fingerprints
+    # A sharded run's finalize switches v3 while v2's build is still there.
+    store.switch(v3)
+    assert states(store) == [(1, "fp-m", "retired"), (2, "fp-a", "building"), (3, "fp-z", "live"), (4, "fp-q", "building")]
+    assert store.live() == v3
+    assert store.target("fp-z", {}, DIM, drop_stale=False) == (v3, None)
+    # Asking again for the retired version's settings builds anew: a retired version is never resumed.
+    again, replaces = store.target("fp-m", {}, DIM, drop_stale=False)
+    assert (again.number, again.state, replaces) == (5, "building", v3)
+    assert store.version_named("docs_v0") is None and store.version_named("docs_v3") == v3
+
+
 def test_finalize_drops_only_older_builds(store: Store) -> None:
     v1, _ = store.target("fp-a", {}, DIM)
     store.switch(v1)
@@ -123,6 +145,16 @@ def test_an_incremental_run_replaces_changed_documents_and_deletes_removed_ones(
     store.write_batch(other, [item("c.txt", "hc1", ["c0"])])
     store.delete_documents(v, ["c.txt"])
     assert store.documents(other) == {"c.txt": "hc1"} and chunks(store, other) == [("c.txt", 0, "c0")]
+
+
+def test_a_batch_whose_vectors_do_not_match_its_chunks_writes_nothing(store: Store) -> None:
+    v, _ = store.target("fp-a", {}, DIM)
+    store.write_batch(v, [item("a.txt", "ha1", ["a0"])])
+    short = item("a.txt", "ha2", ["A0", "A1", "A2"])
+    short.embeddings = short.embeddings[:2]  # one vector missing: refused, not a shorter document
+    with pytest.raises(ValueError):
+        store.write_batch(v, [short])
+    assert chunks(store, v) == [("a.txt", 0, "a0")] and store.documents(v) == {"a.txt": "ha1"}
 
 
 def test_counts_and_source_digest(store: Store) -> None:
