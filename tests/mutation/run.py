@@ -110,11 +110,16 @@ def source_line(path: Path, line: int) -> str:
     return path.read_text().splitlines()[line - 1].strip()
 
 
-def explained(target: Target, operator: str, line_text: str) -> dict[str, str] | None:
-    for eq in target.equivalent:
-        if eq["operator"] == operator.removeprefix("core/") and eq["line"].strip() == line_text:
-            return eq
-    return None
+def mutated_line(diff: str) -> str:
+    """The mutant's line, as the diff shows it."""
+    return next((line[1:] for line in diff.splitlines() if line.startswith("+") and not line.startswith("+++")), "")
+
+
+def explained(target: Target, diff: str) -> dict[str, str] | None:
+    """The targets.toml entry naming this mutant (by its mutated line, whitespace aside)."""
+    squeeze = lambda text: re.sub(r"\s+", "", text)  # noqa: E731
+    mutant = squeeze(mutated_line(diff))
+    return next((eq for eq in target.equivalent if squeeze(eq["mutant"]) == mutant), None)
 
 
 def run_target(target: Target, work: Path, defaults: dict[str, Any], pytest_python: str) -> dict[str, Any]:
@@ -180,7 +185,7 @@ def run_target(target: Target, work: Path, defaults: dict[str, Any], pytest_pyth
             elif result.test_outcome == TestOutcome.INCOMPETENT:
                 counts["incompetent"] += 1
                 verdict = "incompetent"
-            elif eq := explained(target, m.operator_name, line_text):
+            elif eq := explained(target, result.diff or ""):
                 counts["equivalent"] += 1
                 equivalents.append((where, m.start_pos[0], eq["why"], result.diff or ""))
                 verdict = "survived: equivalent"
