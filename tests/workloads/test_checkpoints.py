@@ -40,6 +40,7 @@ def test_a_restarted_run_resumes_from_the_newest_complete_checkpoint(tmp_path: P
     assert latest_checkpoint(Store(f"file://{tmp_path / 'empty'}")) is None
     assert latest_steps(Store(f"file://{tmp_path / 'empty'}")) == []
     assert latest_checkpoint(store_with(tmp_path / "c", {"step-0": True, "step-100": True})) == 100
+    assert latest_checkpoint(store_with(tmp_path / "d", {"step-5": True})) == 5
 
 
 def test_the_newest_checkpoints_are_kept() -> None:
@@ -49,6 +50,9 @@ def test_the_newest_checkpoints_are_kept() -> None:
     assert stale_checkpoints([30, 10, 20], 40) == [10, 20]
     assert stale_checkpoints([10], 10) == [] and stale_checkpoints([], 10) == []
     assert stale_checkpoints([10, 20, 30, 40], 40, keep=3) == [10]
+    # A newer folder (a write a killed pod left unfinished; this run overwrites it when it gets
+    # there) counts among the newest: the run resumed from 20 keeps 30 and 40.
+    assert stale_checkpoints([10, 20, 40], 30) == [10, 20]
     assert stale_checkpoints([10, 20, 30], 30, keep=1) == [10, 20]
 
 
