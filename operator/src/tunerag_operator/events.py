@@ -55,9 +55,10 @@ class RefusedWrites(logging.Handler):
         self._said[ref["uid"]] = answer
         body = {"apiVersion": ref.get("apiVersion"), "kind": ref.get("kind"),
                 "metadata": {k: ref.get(k) for k in ("name", "namespace", "uid")}}
+        message = (f"The API server refused the operator's write of this {ref.get('kind')} ({status}); its status "
+                   f"cannot change until that is fixed: {answer}")
         with contextlib.suppress(LookupError):  # outside kopf's processing (no event queue): the log says it
-            warn(body, "WriteRefused", f"The API server refused the operator's write of this {ref.get('kind')} "
-                 f"({status}); its status cannot change until that is fixed: {answer}")
+            kopf.warn(cast(kopf.Body, body), reason="WriteRefused", message=printable(message)[:1024])
 
 
 def report_refused_writes() -> None:
