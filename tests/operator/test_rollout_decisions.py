@@ -259,3 +259,19 @@ def test_addresses_name_the_fields_that_hold_them() -> None:
                                         ("spec.analysis.metrics[1].prometheus.address", "http://other:9090")]
     spec.analysis.prometheus_address = None
     assert analysis.addresses(spec) == [("spec.analysis.metrics[1].prometheus.address", "http://other:9090")]
+
+
+def test_a_canary_whose_analysis_has_nothing_to_measure_is_named() -> None:
+    """The default strategy (stepWeight 20) analyses after each weight: with no metrics defined,
+    its first analysis could never pass, and the rollout says so before any traffic moves."""
+    shorthand = steps.expand(Canary(step_weight=50))
+    why = steps.unmeasured_analysis(shorthand, [])
+    assert why is not None and why.startswith("step 2 (analysis) has no metric to measure"), why
+    assert steps.unmeasured_analysis(shorthand, ["errors"]) is None
+    written = steps.expand(Canary(steps=[CanaryStep(set_weight=50), CanaryStep(pause=Pause(duration="1s")),
+                                         CanaryStep(set_weight=100)]))
+    assert steps.unmeasured_analysis(written, []) is None  # nothing to analyse: a timed canary
+    named = steps.expand(Canary(steps=[CanaryStep(set_weight=50), CanaryStep(analysis=StepAnalysis(metrics=["p95"])),
+                                       CanaryStep(set_weight=100)]))
+    assert steps.unmeasured_analysis(named, ["p95", "errors"]) is None
+    assert steps.unmeasured_analysis(named, ["errors"]) is not None  # names a metric the policy lacks

@@ -201,6 +201,11 @@ class Pass:
         if new is not None and new.base_model and new.base_model != self.spec.target.base_model:
             raise Blocked("CandidateBaseModelMismatch",
                           f"{new.name} was trained on {new.base_model}, the policy serves {self.spec.target.base_model}.")
+        if new is not None and stable is not None and (why := steps.unmeasured_analysis(
+                self.steps, [m.name for m in self.spec.analysis.metrics])):
+            # Before any traffic moves: the stable version keeps serving alone.
+            raise Blocked("AnalysisCannotPass", f"{new.name} is not rolled out: {why}. Define spec.analysis.metrics, "
+                          "or write spec.strategy.canary.steps without analysis steps.")
         if new is None:
             obs = self.sync_service()
             if stable is None:

@@ -42,6 +42,19 @@ def expand(canary: Canary) -> list[Step]:
     return [s for w in weights for s in (Step("setWeight", weight=w), Step("analysis"))]
 
 
+def unmeasured_analysis(steps: list[Step], defined: list[str]) -> str | None:
+    """Why a canary of these steps could never pass, or None: an analysis step with nothing to
+    measure. Written steps that do so are refused at admission; the stepWeight shorthand (and the
+    default strategy, stepWeight 20) puts an analysis after each weight, and a policy with no
+    metrics would give its candidate traffic and wait at the first analysis for good."""
+    for i, step in enumerate(steps):
+        if step.kind == "analysis" and not (set(step.metrics or defined) & set(defined)):
+            return (f"step {i + 1} ({step.describe()}) has no metric to measure: the policy defines none "
+                    "(spec.analysis.metrics); the stepWeight shorthand, and the default strategy, analyse after "
+                    "each weight")
+    return None
+
+
 def last_weight(steps: list[Step], upto: int) -> int:
     """The candidate's weight once steps [0, upto) have run."""
     weight = 0
