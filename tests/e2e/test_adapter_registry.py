@@ -70,6 +70,9 @@ def test_a_refused_registration_is_not_retried_and_collisions_are_bounded(
     with pytest.raises(ApiException) as refused:
         registry.register(namespace, "fam", "job-a", "uid-a", bad)
     assert refused.value.status == 422
+    with pytest.raises(ApiException) as missing:  # any refusal but a name taken is raised at once
+        registry.register(f"{namespace}-gone", "fam", "job-a", "uid-a", SPEC)
+    assert missing.value.status == 404
     for n in (1, 2):
         _create(api, namespace, f"busy-v{n}", "file:///artifacts/y", "e" * 64, family="busy", version=n)
     monkeypatch.setattr(registry, "MAX_ATTEMPTS", 2)
