@@ -178,11 +178,11 @@ def test_identifiers_fit_postgres_limit() -> None:
 
 
 def test_what_an_incremental_run_does_with_each_document() -> None:
-    indexed = {"same.md": "h1", "edited.md": "h2", "gone.md": "h3", "unreadable.pdf": "h4", "b.md": "h5"}
-    current = {"same.md": "h1", "edited.md": "h2-new", "new.md": "h6", "b.md": "h5", "a-new.md": "h7"}
+    indexed = {"same.md": "h1", "edited.md": "h2", "gone.md": "h3", "unreadable.pdf": "h4", "b.md": "h5", "reverted.md": "h9"}
+    current = {"same.md": "h1", "edited.md": "h2-new", "new.md": "h6", "b.md": "h5", "a-new.md": "h7", "reverted.md": "h0"}
     added, updated, unchanged, deleted = changes(indexed, current, {"unreadable.pdf"})
     assert added == ["a-new.md", "new.md"]
-    assert updated == ["edited.md"]
+    assert updated == ["edited.md", "reverted.md"]  # a new hash, whichever way it sorts
     assert unchanged == ["b.md", "same.md"]
     assert deleted == ["gone.md"]  # the unreadable file keeps what was indexed
     assert changes(indexed, current, set())[3] == ["gone.md", "unreadable.pdf"]
