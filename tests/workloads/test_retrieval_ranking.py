@@ -124,6 +124,18 @@ def test_hybrid_fuses_vector_and_text_ranks(conn: psycopg.Connection[Any]) -> No
     assert [(h.document, h.vector_rank, h.text_rank) for h in two] == [("near.md", 1, None), ("far.md", None, 1)]
 
 
+def test_hybrid_fuses_the_top_4k_of_each_ranking(conn: psycopg.Connection[Any]) -> None:
+    # k = 2: the fusion sees 8 candidates per ranking. The only text match is 8th by vector: its
+    # two ranks put it first; a ninth would be fused on its text rank alone.
+    docs = [(f"v{i}.md", f"plain passage {i}", unit(0.05 * i), {}) for i in range(1, 8)]
+    build(conn, [*docs, ("match.md", "volcano lava", unit(0.5), {}), ("v9.md", "plain passage 9", unit(0.6), {})])
+    hits = search(conn, "public", "kb", "volcano", k=2, model=Encoder(), hybrid=True, distinct=False)
+    assert [(h.document, h.vector_rank, h.text_rank) for h in hits] == [("match.md", 8, 1), ("v1.md", 1, None)]
+    assert hits[0].score == pytest.approx(1 / 68 + 1 / 61)
+    one = search(conn, "public", "kb", "volcano", k=1, model=Encoder(), hybrid=True, distinct=False)  # 4 candidates
+    assert [(h.document, h.vector_rank, h.text_rank) for h in one] == [("v1.md", 1, None)]
+
+
 def test_filters_by_document_prefix_and_metadata(conn: psycopg.Connection[Any]) -> None:
     build(conn, [("guide/a.md", "a", unit(0.0), {"team": "x"}), ("guide_old/b.md", "b", unit(0.1), {"team": "y"}),
                  ("notes/c.md", "c", unit(0.2), {"team": "x"}), ("100%/d.md", "d", unit(0.3), {})])
