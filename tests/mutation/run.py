@@ -122,7 +122,8 @@ def explained(target: Target, diff: str) -> dict[str, str] | None:
     return next((eq for eq in target.equivalent if squeeze(eq["mutant"]) == mutant), None)
 
 
-def run_target(target: Target, work: Path, defaults: dict[str, Any], pytest_python: str) -> dict[str, Any]:
+def run_target(target: Target, work: Path, defaults: dict[str, Any], pytest_python: str,
+               lines: set[int] | None = None) -> dict[str, Any]:
     from cosmic_ray.commands.init import init
     from cosmic_ray.mutating import mutate_and_test
     from cosmic_ray.testing import run_tests
@@ -156,6 +157,7 @@ def run_target(target: Target, work: Path, defaults: dict[str, Any], pytest_pyth
         for item in db.work_items:
             m = item.mutations[0]
             inside = ranges is None or any(lo <= m.start_pos[0] <= hi for lo, hi in ranges)
+            inside = inside and (not lines or m.start_pos[0] in lines)
             annotation = any(lo <= tuple(m.start_pos) < hi for lo, hi in annotations)
             if not inside or annotation or (skip and skip.search(m.operator_name)):
                 db.set_result(item.job_id, WorkResult(worker_outcome=WorkerOutcome.SKIPPED, output="filtered"))
@@ -204,6 +206,8 @@ def main() -> int:
                         help="a target's name (targets.toml), or a part of its module path; repeatable; default all")
     parser.add_argument("--list", action="store_true", help="list the targets and exit")
     parser.add_argument("--keep", action="store_true", help="keep the scratch copy and its session databases")
+    parser.add_argument("--line", type=int, action="append", default=[],
+                        help="only the mutants on this line of the target's module (to check a new test against a survivor)")
     args = parser.parse_args()
     defaults, targets = load_targets()
     if args.list:
@@ -226,7 +230,7 @@ def main() -> int:
     reports = {}
     try:
         for t in targets:
-            reports[t.name] = run_target(t, work, defaults, sys.executable)
+            reports[t.name] = run_target(t, work, defaults, sys.executable, set(args.line))
     finally:
         os.chdir(ROOT)
         if not args.keep:
