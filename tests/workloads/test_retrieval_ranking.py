@@ -93,6 +93,28 @@ def test_copies_come_back_once_and_more_candidates_are_fetched(conn: psycopg.Con
     assert len(search(conn, "public", "kb", "q", k=5, model=Encoder())) == 3  # only 3 distinct passages exist
 
 
+def test_copies_are_named_from_the_candidates_fetched(conn: psycopg.Connection[Any]) -> None:
+    """A distinct search fetches 2k candidates first, four times more while copies leave fewer than k
+    passages; the copies named in `duplicates` are those among the candidates fetched."""
+    a = "the passage copied"
+    build(conn, [("a.md", a, unit(0.0), {}), ("b.md", "another", unit(0.1), {}), ("a2.md", a, unit(0.2), {}),
+                 ("c.md", "a third", unit(0.3), {}), ("a3.md", a, unit(0.4), {})])
+    assert [(h.document, h.duplicates) for h in search(conn, "public", "kb", "q", k=1, model=Encoder())] == [("a.md", [])]
+    assert [(h.document, h.duplicates) for h in search(conn, "public", "kb", "q", k=2, model=Encoder())] == [
+        ("a.md", ["a2.md"]), ("b.md", [])]
+
+
+def test_more_candidates_are_fetched_four_times_at_a_time(conn: psycopg.Connection[Any]) -> None:
+    # k = 2: 4 candidates, all copies of one passage; then 16, which reach the ninth copy too.
+    p = "one passage"
+    docs = [(f"p{i}.md", p, unit(0.01 * i), {}) for i in range(1, 6)] + [("other.md", "other", unit(0.06), {})]
+    docs += [(f"p{i}.md", p, unit(0.01 * i), {}) for i in range(7, 10)]
+    build(conn, docs)
+    hits = search(conn, "public", "kb", "q", k=2, model=Encoder())
+    assert [(h.document, h.duplicates) for h in hits] == [
+        ("p1.md", ["p2.md", "p3.md", "p4.md", "p5.md", "p7.md", "p8.md", "p9.md"]), ("other.md", [])]
+
+
 def test_a_copy_in_the_same_document_is_not_named_as_another(conn: psycopg.Connection[Any]) -> None:
     store = Store(conn, "public", "kb")
     store.prepare()
