@@ -178,3 +178,34 @@ def test_a_query_model_of_another_dimension_or_no_live_version_is_refused(conn: 
     build(conn, [("a.md", "a", unit(0.0), {})])
     with pytest.raises(ValueError, match="produces 4 dimensions; kb_v1 holds 3"):
         search(conn, "public", "kb", "q", model=Encoder(dim=4))
+    with pytest.raises(ValueError, match="produces 2 dimensions; kb_v1 holds 3"):
+        search(conn, "public", "kb", "q", model=Encoder(dim=2))
+
+
+def test_a_reused_connection_follows_a_rebuild_to_the_new_version(conn: psycopg.Connection[Any]) -> None:
+    """A connection keeps the live version's settings; when a rebuild switches versions, the
+    answer names the new version and its settings are read again (here: another distance)."""
+    store = Store(conn, "public", "kb")
+    store.prepare()
+
+    def rebuild(number: int, distance: str) -> None:
+        version, _ = store.target(f"fp-{number}", {}, 3)
+        assert version.number == number
+        store.write_batch(version, [WriteItem("a.md", "h", "text", [(0, "a", {}, "ha")], np.array([[0.6, 0.8, 0.0]], dtype=np.float32))])
+        store.update_settings(version, {"model": "stand-in", "dimension": 3, "normalize": False, "distance": distance})
+        store.switch(version)
+
+    def answer() -> tuple[str, float]:
+        (hit,) = search(conn, "public", "kb", "q", k=1, model=Encoder())
+        return hit.table_version, round(hit.score, 4)
+
+    l2 = round(-float(np.sqrt(0.4 ** 2 + 0.8 ** 2)), 4)  # minus the distance from (1, 0, 0) to (0.6, 0.8, 0)
+    rebuild(1, "cosine")
+    assert answer() == ("kb_v1", 0.6)
+    rebuild(2, "l2")
+    assert answer() == ("kb_v2", l2)
+    for n in range(3, 10):
+        rebuild(n, "cosine")
+    assert answer() == ("kb_v9", 0.6)
+    rebuild(10, "l2")  # kb_v10 sorts before kb_v9: versions are compared by name, not order
+    assert answer() == ("kb_v10", l2)
