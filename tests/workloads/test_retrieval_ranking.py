@@ -121,13 +121,13 @@ def test_a_copy_in_the_same_document_is_not_named_as_another(conn: psycopg.Conne
     version, _ = store.target("fp", {}, 3)
     h = hashlib.sha256(b"footer").hexdigest()
     store.write_batch(version, [
-        WriteItem("a.md", "ha", "text", [(0, "footer", {}, h), (1, "footer", {}, h)], np.array([unit(0.0), unit(0.1)], dtype=np.float32)),
+        WriteItem("m.md", "hm", "text", [(0, "footer", {}, h), (1, "footer", {}, h)], np.array([unit(0.0), unit(0.1)], dtype=np.float32)),
         WriteItem("b.md", "hb", "text", [(0, "footer", {}, h)], np.array([unit(0.2)], dtype=np.float32)),
-        WriteItem("c.md", "hc", "text", [(0, "footer", {}, h)], np.array([unit(0.3)], dtype=np.float32))])
+        WriteItem("z.md", "hz", "text", [(0, "footer", {}, h)], np.array([unit(0.3)], dtype=np.float32))])
     store.update_settings(version, {"model": "stand-in", "dimension": 3, "normalize": False, "distance": "cosine"})
     store.switch(version)
     hits = search(conn, "public", "kb", "q", k=2, model=Encoder())
-    assert [(h.document, h.chunk_index, h.duplicates) for h in hits] == [("a.md", 0, ["b.md", "c.md"])]
+    assert [(h.document, h.chunk_index, h.duplicates) for h in hits] == [("m.md", 0, ["b.md", "z.md"])]
 
 
 def test_hybrid_fuses_vector_and_text_ranks(conn: psycopg.Connection[Any]) -> None:
@@ -156,6 +156,32 @@ def test_hybrid_fuses_the_top_4k_of_each_ranking(conn: psycopg.Connection[Any]) 
     assert hits[0].score == pytest.approx(1 / 68 + 1 / 61)
     one = search(conn, "public", "kb", "volcano", k=1, model=Encoder(), hybrid=True, distinct=False)  # 4 candidates
     assert [(h.document, h.vector_rank, h.text_rank) for h in one] == [("v1.md", 1, None)]
+
+
+def test_hybrid_fetches_more_while_copies_fill_the_vector_candidates(conn: psycopg.Connection[Any]) -> None:
+    # k = 3: 12 candidates per ranking, all copies by vector; the one text match is 20th by vector.
+    # The vector list came back full, so more is fetched (48) and a third passage is found.
+    docs = [(f"copy{i:02}.md", "alpha passage", unit(0.01 * i), {}) for i in range(1, 19)]
+    docs += [("beta.md", "beta passage", unit(0.19), {}), ("volcano.md", "volcano lava", unit(0.2), {})]
+    build(conn, docs)
+    hits = search(conn, "public", "kb", "volcano", k=3, model=Encoder(), hybrid=True)
+    assert sorted(h.document for h in hits) == ["beta.md", "copy01.md", "volcano.md"]
+
+
+def test_candidates_stop_growing_at_1000(conn: psycopg.Connection[Any]) -> None:
+    # 1,100 copies of one passage before any other (l2: distances 0, 1, 2, ... exactly): the search
+    # stops at 1,000 candidates (hnsw.ef_search's maximum) with the one passage it found.
+    store = Store(conn, "public", "kb")
+    store.prepare()
+    version, _ = store.target("fp", {}, 3)
+    n = 1100
+    rows = [(i, "the same passage", {}, "same") for i in range(n)]
+    store.write_batch(version, [WriteItem("copies.md", "h", "text", rows, np.array([[1.0 + i, 0.0, 0.0] for i in range(n)], dtype=np.float32))])
+    store.write_batch(version, [WriteItem("other.md", "h2", "text", [(0, "other", {}, "other")], np.array([[1.0 + n, 0.0, 0.0]], dtype=np.float32))])
+    store.update_settings(version, {"model": "stand-in", "dimension": 3, "normalize": False, "distance": "l2"})
+    store.switch(version)
+    hits = search(conn, "public", "kb", "q", k=2, model=Encoder())
+    assert [(h.document, h.chunk_index) for h in hits] == [("copies.md", 0)]
 
 
 def test_filters_by_document_prefix_and_metadata(conn: psycopg.Connection[Any]) -> None:
