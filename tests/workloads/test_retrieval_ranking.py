@@ -7,7 +7,8 @@ what the mutation check (`make mutation MODULE=retrieval`) runs against every mu
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -182,6 +183,28 @@ def test_candidates_stop_growing_at_1000(conn: psycopg.Connection[Any]) -> None:
     store.switch(version)
     hits = search(conn, "public", "kb", "q", k=2, model=Encoder())
     assert [(h.document, h.chunk_index) for h in hits] == [("copies.md", 0)]
+
+
+def queries_sent(conn: psycopg.Connection[Any], run: Callable[[], object], tmp_path: Path) -> tuple[int, int]:
+    """(vector queries, full-text queries) that `run` sent, from libpq's protocol trace."""
+    trace = tmp_path / "trace.txt"
+    with trace.open("w") as f:
+        conn.pgconn.trace(f.fileno())
+        try:
+            run()
+        finally:
+            conn.pgconn.untrace()
+    text = trace.read_text()
+    return text.count("ORDER BY embedding"), text.count("ORDER BY rank DESC")
+
+
+def test_a_table_smaller_than_k_costs_one_query(conn: psycopg.Connection[Any], tmp_path: Path) -> None:
+    # Fewer rows came back than were asked for: that is all there is, nothing more is fetched.
+    build(conn, [("a.md", "volcano a", unit(0.0), {}), ("b.md", "b", unit(0.1), {}), ("c.md", "volcano c", unit(0.2), {})])
+    assert queries_sent(conn, lambda: search(conn, "public", "kb", "volcano", k=5, model=Encoder()), tmp_path) == (1, 0)
+    assert queries_sent(conn, lambda: search(conn, "public", "kb", "volcano", k=5, model=Encoder(), distinct=False), tmp_path) == (1, 0)
+    hybrid = lambda: search(conn, "public", "kb", "volcano", k=5, model=Encoder(), hybrid=True)  # noqa: E731
+    assert queries_sent(conn, hybrid, tmp_path) == (1, 1)
 
 
 def test_filters_by_document_prefix_and_metadata(conn: psycopg.Connection[Any]) -> None:
