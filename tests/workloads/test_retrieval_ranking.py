@@ -33,8 +33,11 @@ class Encoder:
         self.vectors = vectors or {}
         self.dim = dim
 
-    def encode(self, texts: list[str], **_: Any) -> np.ndarray:
-        return np.array([self.vectors.get(t, [1.0, 0.0, 0.0][:self.dim] + [0.0] * (self.dim - 3)) for t in texts], dtype=np.float32)
+    def encode(self, texts: list[str], batch_size: int = 32, normalize_embeddings: bool = False, **_: Any) -> np.ndarray:
+        if batch_size < 1:  # as SentenceTransformer.encode: its batches are range(0, n, batch_size)
+            raise ValueError("batch_size must be positive")
+        out = np.array([self.vectors.get(t, [1.0, 0.0, 0.0][:self.dim] + [0.0] * (self.dim - 3)) for t in texts], dtype=np.float32)
+        return out / np.linalg.norm(out, axis=1, keepdims=True) if normalize_embeddings else out
 
 
 def build(conn: psycopg.Connection[Any], docs: list[tuple[str, str, list[float], dict[str, Any]]], distance: str = "cosine") -> None:
@@ -108,12 +111,12 @@ def test_copies_are_named_from_the_candidates_fetched(conn: psycopg.Connection[A
 def test_more_candidates_are_fetched_four_times_at_a_time(conn: psycopg.Connection[Any]) -> None:
     # k = 2: 4 candidates, all copies of one passage; then 16, which reach the ninth copy too.
     p = "one passage"
-    docs = [(f"p{i}.md", p, unit(0.01 * i), {}) for i in range(1, 6)] + [("other.md", "other", unit(0.06), {})]
-    docs += [(f"p{i}.md", p, unit(0.01 * i), {}) for i in range(7, 10)]
+    docs = [(f"p{i:02}.md", p, unit(0.01 * i), {}) for i in range(1, 6)] + [("other.md", "other", unit(0.06), {})]
+    docs += [(f"p{i:02}.md", p, unit(0.01 * i), {}) for i in range(7, 21)]
     build(conn, docs)
     hits = search(conn, "public", "kb", "q", k=2, model=Encoder())
     assert [(h.document, h.duplicates) for h in hits] == [
-        ("p1.md", ["p2.md", "p3.md", "p4.md", "p5.md", "p7.md", "p8.md", "p9.md"]), ("other.md", [])]
+        ("p01.md", [f"p{i:02}.md" for i in [*range(2, 6), *range(7, 17)]]), ("other.md", [])]  # the 16 nearest
 
 
 def test_a_copy_in_the_same_document_is_not_named_as_another(conn: psycopg.Connection[Any]) -> None:
@@ -151,8 +154,10 @@ def test_hybrid_fuses_the_top_4k_of_each_ranking(conn: psycopg.Connection[Any]) 
     # k = 2: the fusion sees 8 candidates per ranking. The only text match is 8th by vector: its
     # two ranks put it first; a ninth would be fused on its text rank alone.
     docs = [(f"v{i}.md", f"plain passage {i}", unit(0.05 * i), {}) for i in range(1, 8)]
-    build(conn, [*docs, ("match.md", "volcano lava", unit(0.5), {}), ("v9.md", "plain passage 9", unit(0.6), {})])
+    build(conn, [*docs, ("match.md", "volcano lava", unit(0.5), {}), ("v9.md", "volcano ash", unit(0.6), {}),
+                 ("v10.md", "plain passage 10", unit(0.7), {})])
     hits = search(conn, "public", "kb", "volcano", k=2, model=Encoder(), hybrid=True, distinct=False)
+    # v9.md, 9th by vector, is fused on its text rank (2) alone: 1/62 < v1.md's 1/61.
     assert [(h.document, h.vector_rank, h.text_rank) for h in hits] == [("match.md", 8, 1), ("v1.md", 1, None)]
     assert hits[0].score == pytest.approx(1 / 68 + 1 / 61)
     one = search(conn, "public", "kb", "volcano", k=1, model=Encoder(), hybrid=True, distinct=False)  # 4 candidates
@@ -205,6 +210,65 @@ def test_a_table_smaller_than_k_costs_one_query(conn: psycopg.Connection[Any], t
     assert queries_sent(conn, lambda: search(conn, "public", "kb", "volcano", k=5, model=Encoder(), distinct=False), tmp_path) == (1, 0)
     hybrid = lambda: search(conn, "public", "kb", "volcano", k=5, model=Encoder(), hybrid=True)  # noqa: E731
     assert queries_sent(conn, hybrid, tmp_path) == (1, 1)
+
+
+def test_defaults_k_5_ef_search_100_probes_10(conn: psycopg.Connection[Any], tmp_path: Path) -> None:
+    build(conn, [(f"d{i}.md", f"passage {i}", unit(0.05 * i), {}) for i in range(8)])
+    trace = tmp_path / "trace.txt"
+    with trace.open("w") as f:
+        conn.pgconn.trace(f.fileno())
+        try:
+            hits = search(conn, "public", "kb", "q", model=Encoder())
+        finally:
+            conn.pgconn.untrace()
+    assert [h.document for h in hits] == [f"d{i}.md" for i in range(5)]
+    # set_config('hnsw.ef_search', '100'), set_config('ivfflat.probes', '10'): the two parameters' bind
+    assert " 3 '100' 2 '10' " in trace.read_text()
+
+
+def test_the_query_is_normalized_unless_the_version_says_not(conn: psycopg.Connection[Any]) -> None:
+    # Inner product scores show the query's length: a version without "normalize" normalizes (the default).
+    store = Store(conn, "public", "kb")
+    store.prepare()
+    version, _ = store.target("fp", {}, 3)
+    store.write_batch(version, [WriteItem("a.md", "h", "text", [(0, "a", {}, "ha")], np.array([[1.0, 0.0, 0.0]], dtype=np.float32))])
+    store.update_settings(version, {"model": "stand-in", "dimension": 3, "distance": "ip"})
+    store.switch(version)
+    (hit,) = search(conn, "public", "kb", "long", k=1, model=Encoder({"long": [2.0, 0.0, 0.0]}))
+    assert round(hit.score, 4) == 1.0
+
+
+def test_the_model_is_the_live_version_s_unless_given(conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """model=None loads the live version's model by name, a string loads that model; after a
+    rebuild to another model and dimension, a reused connection follows (the query on the old
+    settings fails in PostgreSQL and is repeated on the new ones). The loader hands out stand-ins
+    by name (loading real models is tested in test_index.py)."""
+    from tunerag_workloads.index import embed
+
+    models = {"m3": Encoder(dim=3), "m4": Encoder(dim=4)}
+    loaded: list[str] = []
+
+    def load_model(name: str, device: str = "auto") -> Encoder:
+        loaded.append(name)
+        return models[name]
+
+    monkeypatch.setattr(embed, "load_model", load_model)
+    store = Store(conn, "public", "kb")
+    store.prepare()
+
+    def rebuild(number: int, dim: int) -> None:
+        version, _ = store.target(f"fp-{number}", {}, dim)
+        store.write_batch(version, [WriteItem("a.md", "h", "text", [(0, f"v{number}", {}, "h")], np.array([[1.0] + [0.0] * (dim - 1)], dtype=np.float32))])
+        store.update_settings(version, {"model": f"m{dim}", "dimension": dim, "normalize": False, "distance": "cosine"})
+        store.switch(version)
+
+    rebuild(1, 3)
+    assert [h.content for h in search(conn, "public", "kb", "q", k=1)] == ["v1"] and loaded == ["m3"]
+    rebuild(2, 4)
+    assert [h.content for h in search(conn, "public", "kb", "q", k=1)] == ["v2"] and loaded == ["m3", "m3", "m4"]
+    assert [h.content for h in search(conn, "public", "kb", "q", k=1, model="m4")] == ["v2"] and loaded[-1] == "m4"
+    with pytest.raises(ValueError, match="produces 3 dimensions"):
+        search(conn, "public", "kb", "q", k=1, model="m3")
 
 
 def test_filters_by_document_prefix_and_metadata(conn: psycopg.Connection[Any]) -> None:
