@@ -197,8 +197,9 @@ def test_a_step_runs_only_its_metrics_and_a_failure_outweighs_missing_data(prome
 def test_builtin_metrics_need_the_policy_prometheus(prometheus: Prometheus) -> None:
     builtin = Metric(name="errors", builtin="errorRate", threshold_range=ThresholdRange(max=0.1))
     # The model refuses built-in metrics without the address; one stored before that rule still gets here.
-    m = analysis.measure(Analysis.model_construct(metrics=[builtin]), (), NAMES, 60)
+    m = analysis.measure(Analysis.model_construct(metrics=[builtin, custom("up", prometheus.url, "vector(1)", lo=1)]), (), NAMES, 60)
     assert (m.verdict, m.inconclusive) == ("Inconclusive", ["errors: no Prometheus address (spec.analysis.prometheusAddress)"])
+    assert m.values == {"up": 1.0}  # the metrics after it are still measured
     m = analysis.measure(Analysis(prometheus_address=prometheus.url, metrics=[builtin]), (), NAMES, 60)
     assert (m.verdict, m.inconclusive) == ("Inconclusive", ["errors: no data yet"])  # nothing served yet
 
