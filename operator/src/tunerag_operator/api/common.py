@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
@@ -122,33 +123,28 @@ DurationAtLeast10s = Annotated[str, _duration_at_least("10s"), _at_least("10s")]
 DurationAtLeast30s = Annotated[str, _duration_at_least("30s"), _at_least("30s")]
 DurationAtLeast1m = Annotated[str, _duration_at_least("1m"), _at_least("1m")]
 
+def _mirrored(rule: str, message: str, holds: Callable[[str], bool]) -> tuple[Any, AfterValidator]:
+    """A rule on one string value, said once for both sides: the CEL rule the API server applies
+    at admission, and `holds`, its mirror in the models, refusing with the same message."""
+
+    def check(value: str) -> str:
+        if not holds(value):
+            raise ValueError(message)
+        return value
+
+    return Field(json_schema_extra={"x-kubernetes-validations": [{"rule": rule, "message": message}]}), AfterValidator(check)
+
+
 # A blank string where a name or a query is expected means nothing (and fails only later, in a
-# Job or a pod); mirrored by `_not_blank`.
-NOT_BLANK = {"rule": "self.matches(r'\\S')", "message": "must not be empty or blank"}
-
-
-def _not_blank(value: str) -> str:
-    if not value.strip():
-        raise ValueError(NOT_BLANK["message"])
-    return value
-
-
-NonBlank = Annotated[str, Field(json_schema_extra={"x-kubernetes-validations": [NOT_BLANK]}), AfterValidator(_not_blank)]
+# Job or a pod).
+NonBlank = Annotated[str, *_mirrored("self.matches(r'\\S')", "must not be empty or blank", lambda v: bool(v.strip()))]
 
 # PostgreSQL reserves the pg_ prefix for its own schemas (pg_catalog, pg_toast, pg_temp_*), and
 # information_schema is the standard's catalog: tables written there are written into the system.
-USER_SCHEMA_RULE = {"rule": "!self.startsWith('pg_') && self != 'information_schema'",
-                    "message": "must not be a PostgreSQL system schema (pg_catalog, pg_toast, information_schema, any pg_*)"}
-
-
-def _user_schema(value: str) -> str:
-    if value.startswith("pg_") or value == "information_schema":
-        raise ValueError(USER_SCHEMA_RULE["message"])
-    return value
-
-
-UserSchema = Annotated[str, Field(json_schema_extra={"x-kubernetes-validations": [USER_SCHEMA_RULE]}),
-                       AfterValidator(_user_schema)]
+UserSchema = Annotated[str, *_mirrored(
+    "!self.startsWith('pg_') && self != 'information_schema'",
+    "must not be a PostgreSQL system schema (pg_catalog, pg_toast, information_schema, any pg_*)",
+    lambda v: not v.startswith("pg_") and v != "information_schema")]
 
 
 class SecretKeyRef(ApiModel):
@@ -272,21 +268,10 @@ class Toleration(ApiModel):
 
 # A request and limit of zero (`0`, `0m`, `0.0Gi`) is no quantity a pod can run with: the pattern
 # of each field admits only digits, so a non-zero digit is what makes it more than zero.
-POSITIVE_QUANTITY = {"rule": "self.matches('[1-9]')", "message": "must be more than zero"}
-
-
-def _positive_quantity(value: str) -> str:
-    if not re.search("[1-9]", value):
-        raise ValueError(POSITIVE_QUANTITY["message"])
-    return value
-
-
-CpuQuantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?m?$", max_length=32,
-                                   json_schema_extra={"x-kubernetes-validations": [POSITIVE_QUANTITY]}),
-                        AfterValidator(_positive_quantity)]
-MemoryQuantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$", max_length=32,
-                                      json_schema_extra={"x-kubernetes-validations": [POSITIVE_QUANTITY]}),
-                           AfterValidator(_positive_quantity)]
+_POSITIVE = _mirrored("self.matches('[1-9]')", "must be more than zero", lambda v: re.search("[1-9]", v) is not None)
+CpuQuantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?m?$", max_length=32), *_POSITIVE]
+MemoryQuantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$", max_length=32),
+                           *_POSITIVE]
 
 
 class PodResources(ApiModel):
