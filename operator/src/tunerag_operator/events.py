@@ -26,6 +26,7 @@ def warn(obj: dict[str, Any], reason: str, message: str) -> None:
 # Statuses the API server answers a write it will not take as it is: a retry of the same write is
 # refused the same way (unlike 409 Conflict, 429 or 5xx, which kopf retries and which pass).
 REFUSED = (400, 403, 413, 422)
+SAID_BOUND = 1024  # objects whose last refusal is remembered
 
 
 class RefusedWrites(logging.Handler):
@@ -52,6 +53,8 @@ class RefusedWrites(logging.Handler):
         answer = str(getattr(error, "message", None) or error)
         if self._said.get(ref["uid"]) == answer:
             return
+        if len(self._said) >= SAID_BOUND:  # objects deleted since are never forgotten otherwise
+            self._said.pop(next(iter(self._said)))
         self._said[ref["uid"]] = answer
         body = {"apiVersion": ref.get("apiVersion"), "kind": ref.get("kind"),
                 "metadata": {k: ref.get(k) for k in ("name", "namespace", "uid")}}
